@@ -1,0 +1,385 @@
+"""The chunk store: fixed-size chunks of image versions on local disk, over diskcache.
+
+The only module that imports diskcache. Every diskcache call runs in the store's executor;
+the in-memory index (presence, length, checksum, LRU order) is touched only on the event loop,
+so a hit costs no SQLite work. diskcache is used with eviction_policy "none": the store does
+LRU itself (see ../shared/DESIGN.md: a per-hit SQLite write costs 4x and stalls readers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import time
+import warnings
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import diskcache
+
+from isocache.errors import StoreError
+from isocache.units import MiB
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_DATA = "c:"  # c:<identity>:<index> -> chunk bytes (a value file)
+_RECORD = "r:"  # r:<identity>:<index> -> (length, crc32, value file path, last access)
+_META = "m:"  # m:<url> -> dict of the last known origin metadata
+# Access times reach disk in batches; losing the last interval in a crash only blurs LRU order.
+_ACCESS_FLUSH_INTERVAL = 30.0
+
+
+@dataclass(slots=True)
+class ChunkRecord:
+    """What the store knows about one stored chunk."""
+
+    length: int
+    crc: int
+    path: str
+    last_access: float
+    # Checked against its checksum by this process (or written by it). A chunk on disk from
+    # an earlier run may be torn by a crash (diskcache does not fsync): verify before trusting.
+    verified: bool
+
+
+class ChunkStore:
+    """Chunks keyed by (image identity, chunk index), bounded by `size_limit` bytes.
+
+    `identity` is the hex digest of an image version (URL, validator, size); a new version
+    of a file has a new identity, so its chunks can never mix with an old version's.
+    Methods are coroutines or plain calls for the event loop; none may be called from
+    another thread.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        size_limit: int,
+        chunk_size: int,
+        headroom: int = 64 * MiB,
+        on_evict: Callable[[int], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.size_limit = size_limit
+        self.chunk_size = chunk_size
+        # Free space kept beyond what a chunk needs: SQLite needs WAL room even to delete.
+        self.headroom = headroom
+        self._on_evict = on_evict or (lambda count: None)
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
+        self._cache: Any = None
+        self._index: OrderedDict[str, ChunkRecord] = OrderedDict()  # LRU first
+        self._pinned: set[str] = set()
+        self._touched: set[str] = set()
+        self._bytes_used = 0
+        self._flush_task: asyncio.Task[None] | None = None
+        self._low_space_logged = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChunkStore {self.directory} chunks={len(self._index)} "
+            f"bytes={self._bytes_used}/{self.size_limit} pinned={len(self._pinned)}>"
+        )
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open (or create) the store, drop what a crash left behind, load the index."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        records = await self._run(self._open_blocking)
+        now = time.time()
+        for key, record in sorted(records.items(), key=lambda item: item[1].last_access):
+            record.last_access = min(record.last_access, now)
+            self._index[key] = record
+            self._bytes_used += record.length
+        self._flush_task = asyncio.create_task(self._flush_access_loop(), name="store-flush")
+        log.info(
+            "store-open dir=%s chunks=%d bytes=%d limit=%d",
+            self.directory, len(self._index), self._bytes_used, self.size_limit,
+        )
+        if self._bytes_used > self.size_limit:
+            await self._evict_to(self.size_limit)
+
+    def _open_blocking(self) -> dict[str, ChunkRecord]:
+        cache = diskcache.Cache(
+            str(self.directory),
+            eviction_policy="none",
+            size_limit=2**62,
+            cull_limit=0,
+            statistics=False,
+            tag_index=True,
+        )
+        self._cache = cache
+        # Orphaned value files (a crash between file write and row insert) and rows whose
+        # file is gone. check() may "fix" a torn file by recording its short size; our own
+        # length and checksum catch that below and on first read.
+        with warnings.catch_warnings():
+            # check() reports through warnings.warn; collect them, never raise them. Nothing
+            # else runs yet, so changing the process-wide filter here is safe.
+            warnings.simplefilter("always")
+            repairs = cache.check(fix=True)
+        for warning in repairs:
+            log.warning("store-repair %s", warning.message)
+        records: dict[str, ChunkRecord] = {}
+        data_keys: set[str] = set()
+        for key in list(cache.iterkeys()):
+            if not isinstance(key, str):
+                cache.delete(key)
+            elif key.startswith(_DATA):
+                data_keys.add(key[len(_DATA):])
+            elif key.startswith(_RECORD):
+                value = cache.get(key)
+                if isinstance(value, tuple) and len(value) == 4:
+                    length, crc, path, last_access = value
+                    records[key[len(_RECORD):]] = ChunkRecord(length, crc, path, last_access, False)
+                else:
+                    cache.delete(key)
+        for key in set(records) - data_keys:
+            del records[key]
+            cache.delete(_RECORD + key)
+        for key in data_keys - set(records):
+            cache.delete(_DATA + key)  # written, but its record never was: never visible
+        for key, record in list(records.items()):
+            if not os.path.exists(record.path):
+                del records[key]
+                cache.delete(_RECORD + key)
+                cache.delete(_DATA + key)
+        return records
+
+    async def close(self) -> None:
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            try:
+                await self._flush_task
+            except asyncio.CancelledError:
+                pass
+            self._flush_task = None
+        if self._cache is not None:
+            await self._flush_access()
+            await self._run(self._cache.close)
+            self._cache = None
+        self._executor.shutdown(wait=True)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @staticmethod
+    def key(identity: str, index: int) -> str:
+        return f"{identity}:{index}"
+
+    def contains(self, identity: str, index: int) -> bool:
+        return self.key(identity, index) in self._index
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes_used
+
+    def image_bytes(self, identity: str) -> int:
+        prefix = identity + ":"
+        return sum(r.length for k, r in self._index.items() if k.startswith(prefix))
+
+    async def open_chunk(self, identity: str, index: int, length: int) -> BinaryIO | bytes | None:
+        """Return the chunk as an open file (caller closes it) or as bytes; None on a miss.
+
+        A chunk not yet verified by this process is read whole and checked against its
+        checksum, and returned as bytes; a chunk that fails any check is dropped and is a
+        miss, never wrong bytes. Must run on the event loop.
+        """
+        key = self.key(identity, index)
+        record = self._index.get(key)
+        if record is None:
+            return None
+        if record.length != length:
+            await self._forget(key, "length differs from the image's")
+            return None
+        self._touch(key, record)
+        if not record.verified:
+            data = await self._run(self._read_blocking, record.path)
+            if data is None or len(data) != length or zlib.crc32(data) != record.crc:
+                await self._forget(key, "checksum mismatch or short file")
+                return None
+            record.verified = True
+            return data
+        try:
+            # Opening a file whose inode is in the page cache takes microseconds; an executor
+            # hop would cost more than the open on the hit path.
+            file = open(record.path, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+        except OSError:
+            await self._forget(key, "value file missing")
+            return None
+        if os.fstat(file.fileno()).st_size != length:
+            file.close()
+            await self._forget(key, "value file has the wrong size")
+            return None
+        return file
+
+    @staticmethod
+    def _read_blocking(path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError:
+            return None
+
+    def _touch(self, key: str, record: ChunkRecord) -> None:
+        record.last_access = time.time()
+        self._index.move_to_end(key)
+        self._touched.add(key)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def put(self, identity: str, index: int, data: bytes) -> bool:
+        """Store one complete chunk; True when it is stored and visible.
+
+        Returns False, without raising, when it cannot be stored: not enough room within
+        size_limit once unpinned chunks are evicted, too little free disk, or a write
+        error. The caller still has the bytes and serves them.
+        """
+        key = self.key(identity, index)
+        if key in self._index or self._cache is None:
+            return key in self._index
+        length = len(data)
+        if not await self._make_room(length):
+            return False
+        self._bytes_used += length  # reserved while the write runs
+        try:
+            record = await self._run(self._write_blocking, key, identity, data)
+        except Exception:
+            self._bytes_used -= length
+            raise
+        if record is None:
+            self._bytes_used -= length
+            return False
+        self._index[key] = record
+        return True
+
+    def _write_blocking(self, key: str, identity: str, data: bytes) -> ChunkRecord | None:
+        stats = os.statvfs(self.directory)
+        if stats.f_bavail * stats.f_frsize < len(data) + self.headroom:
+            if not self._low_space_logged:
+                log.warning("store-low-space dir=%s: serving without caching", self.directory)
+                self._low_space_logged = True
+            return None
+        self._low_space_logged = False
+        crc = zlib.crc32(data)
+        now = time.time()
+        try:
+            self._cache.set(_DATA + key, io.BytesIO(data), read=True, tag=identity)
+            with self._cache.get(_DATA + key, read=True) as file:
+                path = file.name
+            # The record makes the chunk visible: written last, after the value file.
+            self._cache.set(_RECORD + key, (len(data), crc, path, now), tag=identity)
+        except OSError as exc:
+            log.warning("store-write-failed key=%s error=%s", key, exc)
+            try:
+                self._cache.delete(_DATA + key)
+                self._cache.delete(_RECORD + key)
+            except OSError:
+                pass
+            return None
+        return ChunkRecord(len(data), crc, path, now, True)
+
+    async def _make_room(self, length: int) -> bool:
+        if self._bytes_used + length <= self.size_limit:
+            return True
+        return await self._evict_to(self.size_limit - length)
+
+    async def _evict_to(self, target: int) -> bool:
+        """Evict least recently used unpinned chunks until at most `target` bytes are used."""
+        victims: list[str] = []
+        for key, record in self._index.items():
+            if self._bytes_used <= target:
+                break
+            if key.split(":", 1)[0] in self._pinned:
+                continue
+            victims.append(key)
+            self._bytes_used -= record.length
+        for key in victims:
+            del self._index[key]
+            self._touched.discard(key)
+        if victims:
+            self._on_evict(len(victims))
+            await self._run(self._delete_blocking, victims)
+        return self._bytes_used <= target
+
+    def _delete_blocking(self, keys: list[str]) -> None:
+        for key in keys:
+            self._cache.delete(_DATA + key)
+            self._cache.delete(_RECORD + key)
+
+    async def _forget(self, key: str, reason: str) -> None:
+        record = self._index.pop(key, None)
+        if record is None:
+            return
+        log.warning("store-drop-chunk key=%s reason=%s", key, reason)
+        self._bytes_used -= record.length
+        self._touched.discard(key)
+        await self._run(self._delete_blocking, [key])
+
+    async def drop_image(self, identity: str) -> int:
+        """Remove every chunk of one image version; returns the number of chunks removed."""
+        prefix = identity + ":"
+        keys = [key for key in self._index if key.startswith(prefix)]
+        for key in keys:
+            self._bytes_used -= self._index.pop(key).length
+            self._touched.discard(key)
+        await self._run(self._cache.evict, identity)
+        return len(keys)
+
+    # -- pins -----------------------------------------------------------------------------
+
+    def pin(self, identity: str) -> None:
+        self._pinned.add(identity)
+
+    def unpin(self, identity: str) -> None:
+        self._pinned.discard(identity)
+
+    # -- origin metadata ------------------------------------------------------------------
+
+    async def save_meta(self, url: str, meta: dict[str, Any]) -> None:
+        try:
+            await self._run(self._cache.set, _META + url, meta)
+        except OSError as exc:
+            log.warning("store-meta-write-failed error=%s", exc)
+
+    async def load_meta(self, url: str) -> dict[str, Any] | None:
+        value = await self._run(self._cache.get, _META + url)
+        return value if isinstance(value, dict) else None
+
+    # -- access-time persistence ----------------------------------------------------------
+
+    async def _flush_access_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_ACCESS_FLUSH_INTERVAL)
+            try:
+                await self._flush_access()
+            except (OSError, StoreError) as exc:
+                log.warning("store-flush-failed error=%s", exc)
+
+    async def _flush_access(self) -> None:
+        updates = {
+            key: (r.length, r.crc, r.path, r.last_access)
+            for key in self._touched
+            if (r := self._index.get(key)) is not None
+        }
+        self._touched.clear()
+        if updates:
+            await self._run(self._flush_blocking, updates)
+
+    def _flush_blocking(self, updates: dict[str, tuple[int, int, str, float]]) -> None:
+        with self._cache.transact():
+            for key, value in updates.items():
+                if _DATA + key not in self._cache:
+                    continue  # evicted since it was touched
+                self._cache.set(_RECORD + key, value, tag=key.split(":", 1)[0])
