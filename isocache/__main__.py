@@ -1,0 +1,5 @@
+import sys
+
+from isocache.cli import main
+
+sys.exit(main())

@@ -1,0 +1,97 @@
+"""The catalog: which images and origin trees exist, and which backend reads each URL.
+
+Turns a configured image name, or an origin name plus a path under it, into an ImageRef.
+Also the allowlist: a URL may be fetched (or redirected to) only when it lies under a
+configured origin or is a configured image's URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote, unquote, urlsplit
+
+from isocache.config import Config
+from isocache.errors import BadPath, ImageNotFound
+from isocache.image import ImageRef
+from isocache.origins.base import Origin
+
+# Characters left unescaped when a decoded path segment is put back into an origin URL
+# (RFC 3986 pchar minus "%"): everything else is percent-encoded again.
+_SEGMENT_SAFE = "!$&'()*+,;=:@~-._"
+_IMAGES_LABEL = "images"
+
+
+def _normalise(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()).geturl()
+
+
+class Catalog:
+    """Immutable after construction; safe to share."""
+
+    def __init__(self, config: Config, backends: Mapping[str, Origin]) -> None:
+        self._backends = backends
+        self._origins = {name: o.url for name, o in config.origins.items()}
+        self._prefixes = tuple(_normalise(url) for url in self._origins.values())
+        self._images: dict[str, ImageRef] = {}
+        for name, image in config.images.items():
+            self._images[name] = ImageRef(
+                url=image.url,
+                origin=self._backend(image.url),
+                origin_label=self._label(image.url),
+                name=name,
+                sha256=image.sha256,
+                pinned=image.pin,
+            )
+        self._image_urls = frozenset(_normalise(ref.url) for ref in self._images.values())
+
+    def _backend(self, url: str) -> Origin:
+        return self._backends[urlsplit(url).scheme.lower()]
+
+    def _label(self, url: str) -> str:
+        normal = _normalise(url)
+        for name, prefix in self._origins.items():
+            if normal.startswith(_normalise(prefix)):
+                return name
+        return _IMAGES_LABEL
+
+    def is_allowed(self, url: str) -> bool:
+        """True when `url` lies under a configured origin or is a configured image URL."""
+        normal = _normalise(url)
+        return normal in self._image_urls or normal.startswith(self._prefixes)
+
+    def images(self) -> dict[str, ImageRef]:
+        return dict(self._images)
+
+    def image(self, name: str) -> ImageRef:
+        """The catalog image `name`. Raises ImageNotFound without contacting any origin."""
+        ref = self._images.get(name)
+        if ref is None:
+            raise ImageNotFound(f"no image named {name!r} in the catalog")
+        return ref
+
+    def origin_file(self, origin: str, raw_path: str) -> ImageRef:
+        """The file at `raw_path` (still percent-encoded, no leading slash) under `origin`.
+
+        Each segment is decoded once and checked: empty, ".", "..", and segments holding
+        "/", "\\", NUL or other control characters are refused (BadPath), so a request can
+        never name anything outside the origin's prefix, however it is encoded.
+        """
+        base = self._origins.get(origin)
+        if base is None:
+            raise ImageNotFound(f"no origin named {origin!r}")
+        segments = []
+        for raw in raw_path.split("/"):
+            if "\\" in raw:
+                raise BadPath("backslashes are not allowed in paths")
+            try:
+                segment = unquote(raw, errors="strict")
+            except UnicodeDecodeError as exc:
+                raise BadPath("path is not valid percent-encoded UTF-8") from exc
+            if segment in ("", ".", ".."):
+                raise BadPath("empty, '.' and '..' path segments are not allowed")
+            if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in segment):
+                raise BadPath("path segment holds '/', '\\' or a control character")
+            segments.append(quote(segment, safe=_SEGMENT_SAFE))
+        url = base + "/".join(segments)
+        return ImageRef(url=url, origin=self._backend(url), origin_label=origin)

@@ -1,0 +1,328 @@
+"""The TOML config: frozen dataclasses per table, validated on load.
+
+Rejects unknown keys, wrong types and bad units with a ConfigError that names the file and
+the dotted key. Never echoes a password found in a URL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from isocache.units import MiB, parse_duration, parse_size
+
+SUPPORTED_SCHEMES = frozenset({"http", "https"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
+_KEEPALIVE = ("auto", "always", "never")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A bad config: str() is "FILE: dotted.key: message", one line."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        super().__init__(f"{file}: {key}: {message}")
+        self.file = file
+        self.key = key
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    keepalive: str = "auto"
+    log_level: str = "info"
+    sendfile: bool = True
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: Path
+    size_limit: int = 20 * 1024 * MiB
+    chunk_size: int = MiB
+    revalidate: float = 60.0
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    connect_timeout: float = 3.0
+    read_timeout: float = 4.0
+    retries: int = 3
+    max_connections: int = 16
+    max_connections_per_image: int = 4
+    readahead: int = 8 * MiB
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    name: str
+    url: str
+    sha256: str | None = None
+    pin: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole config. The dicts must not be mutated."""
+
+    source: str
+    server: ServerConfig
+    cache: CacheConfig
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    origins: dict[str, OriginConfig] = field(default_factory=dict)
+    images: dict[str, ImageConfig] = field(default_factory=dict)
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its userinfo replaced by "***" (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "isocache"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the TOML file at `path`. Raises ConfigError."""
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(source, "(file)", exc.strerror or str(exc)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "(toml)", str(exc)) from exc
+    return parse_config(data, source, Path(source).resolve().parent)
+
+
+def parse_config_text(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "(toml)", str(exc)) from exc
+    return parse_config(data, source, base_dir)
+
+
+class _Table:
+    """Typed access to one TOML table that remembers which keys were read."""
+
+    def __init__(self, source: str, prefix: str, data: Any) -> None:
+        self.source = source
+        self.prefix = prefix
+        if not isinstance(data, dict):
+            raise ConfigError(source, prefix, "expected a table")
+        self.data: dict[str, Any] = data
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.source, f"{self.prefix}.{key}" if key else self.prefix, message)
+
+    def get(self, key: str, kind: type, expected: str, default: Any = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        # bool is a subclass of int: a TOML true must not pass as a number, nor 1 as a bool.
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {expected}, got {type(value).__name__}")
+        return value
+
+    def size(self, key: str, default: int) -> int:
+        text = self.get(key, str, 'a string like "20GiB"')
+        if text is None:
+            return default
+        try:
+            return parse_size(text)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def duration(self, key: str, default: float) -> float:
+        text = self.get(key, str, 'a string like "60s"')
+        if text is None:
+            return default
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value: int = self.get(key, int, "an integer", default)
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low} and {high}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value: str = self.get(key, str, "a string", default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}")
+        return value
+
+    def finish(self) -> None:
+        for key in self.data:
+            if key not in self.used:
+                raise self.error(key, "unknown key")
+
+
+def parse_config(data: dict[str, Any], source: str, base_dir: Path | None = None) -> Config:
+    """Validate parsed TOML. A relative cache.dir is taken relative to `base_dir`."""
+    root = _Table(source, "", data)
+    root.prefix = ""
+    for key in data:
+        if key not in ("server", "cache", "admin", "fetch", "origins", "images"):
+            raise ConfigError(source, key, "unknown table")
+    server = _server(_Table(source, "server", data.get("server", {})))
+    cache = _cache(_Table(source, "cache", data.get("cache", {})), base_dir)
+    admin = _admin(_Table(source, "admin", data.get("admin", {})), base_dir)
+    fetch = _fetch(_Table(source, "fetch", data.get("fetch", {})))
+    origins = {
+        name: OriginConfig(name, _url(table, origin=True))
+        for name, table in _named_tables(source, "origins", data.get("origins", {}))
+    }
+    images = {
+        name: _image(name, table)
+        for name, table in _named_tables(source, "images", data.get("images", {}))
+    }
+    return Config(source, server, cache, admin, fetch, origins, images)
+
+
+def _server(table: _Table) -> ServerConfig:
+    listen = table.get("listen", str, 'a string like "127.0.0.1:8080"', "127.0.0.1:8080")
+    match = _LISTEN.fullmatch(listen)
+    if not match or int(match.group(3)) > 65535:
+        raise table.error("listen", f"bad address {listen!r}: expected HOST:PORT or [IPv6]:PORT")
+    config = ServerConfig(
+        host=match.group(1) or match.group(2),
+        port=int(match.group(3)),
+        keepalive=table.choice("keepalive", "auto", _KEEPALIVE),
+        log_level=table.choice("log_level", "info", _LOG_LEVELS),
+        sendfile=table.get("sendfile", bool, "true or false", True),
+    )
+    table.finish()
+    return config
+
+
+def _cache(table: _Table, base_dir: Path | None) -> CacheConfig:
+    directory_text = table.get("dir", str, "a path")
+    if directory_text is None:
+        directory = default_cache_dir()
+    else:
+        directory = Path(directory_text).expanduser()
+        if not directory.is_absolute() and base_dir is not None:
+            directory = base_dir / directory
+    chunk_size = table.size("chunk_size", MiB)
+    if chunk_size & (chunk_size - 1) or not 64 * 1024 <= chunk_size <= 16 * MiB:
+        raise table.error("chunk_size", "must be a power of two from 64KiB to 16MiB")
+    size_limit = table.size("size_limit", 20 * 1024 * MiB)
+    if size_limit < 8 * chunk_size:
+        raise table.error("size_limit", "must hold at least 8 chunks")
+    revalidate = table.duration("revalidate", 60.0)
+    table.finish()
+    return CacheConfig(directory, size_limit, chunk_size, revalidate)
+
+
+def _admin(table: _Table, base_dir: Path | None) -> AdminConfig:
+    token = table.get("token", str, "a string")
+    token_file = table.get("token_file", str, "a path")
+    table.finish()
+    if token is not None and token_file is not None:
+        raise table.error("token_file", "set token or token_file, not both")
+    if token_file is not None:
+        path = Path(token_file).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise table.error("token_file", f"cannot read {path}: {exc.strerror}") from None
+    if token is not None and not token:
+        raise table.error("token", "must not be empty")
+    return AdminConfig(token)
+
+
+def _fetch(table: _Table) -> FetchConfig:
+    config = FetchConfig(
+        connect_timeout=table.duration("connect_timeout", 3.0),
+        read_timeout=table.duration("read_timeout", 4.0),
+        retries=table.integer("retries", 3, 0, 10),
+        max_connections=table.integer("max_connections", 16, 1, 256),
+        max_connections_per_image=table.integer("max_connections_per_image", 4, 1, 64),
+        readahead=table.size("readahead", 8 * MiB),
+    )
+    table.finish()
+    return config
+
+
+def _named_tables(source: str, kind: str, data: Any) -> list[tuple[str, _Table]]:
+    if not isinstance(data, dict):
+        raise ConfigError(source, kind, "expected a table of named tables")
+    result = []
+    for name, value in data.items():
+        if not _NAME.fullmatch(name):
+            raise ConfigError(source, f"{kind}.{name}", "names are letters, digits, '.', '_', '-'")
+        result.append((name, _Table(source, f"{kind}.{name}", value)))
+    return result
+
+
+def _url(table: _Table, *, origin: bool) -> str:
+    url = table.get("url", str, "a URL string")
+    if url is None:
+        raise table.error("url", "missing (required)")
+    shown = redact_url(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise table.error("url", f"unparsable URL {shown!r}") from None
+    if parts.scheme.lower() not in SUPPORTED_SCHEMES:
+        expected = ", ".join(sorted(SUPPORTED_SCHEMES))
+        raise table.error("url", f"unsupported scheme {parts.scheme!r} (expected one of {expected})")
+    if not parts.hostname:
+        raise table.error("url", f"URL {shown!r} has no host")
+    if parts.fragment:
+        raise table.error("url", "a URL must not have a fragment")
+    if origin:
+        if parts.query:
+            raise table.error("url", "an origin URL must not have a query")
+        return url if url.endswith("/") else url + "/"
+    if parts.path.endswith("/") or not parts.path:
+        raise table.error("url", f"an image URL must name a file, not a directory: {shown!r}")
+    return url
+
+
+def _image(name: str, table: _Table) -> ImageConfig:
+    url = _url(table, origin=False)
+    sha256 = table.get("sha256", str, "a hex string")
+    if sha256 is not None and not _SHA256.fullmatch(sha256):
+        raise table.error("sha256", "expected 64 hexadecimal digits")
+    pin = table.get("pin", bool, "true or false", False)
+    table.finish()
+    return ImageConfig(name, url, sha256.lower() if sha256 else None, pin)

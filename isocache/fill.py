@@ -1,0 +1,216 @@
+"""Single-flight fills: origin bytes into the store, one origin fetch per missing chunk.
+
+Owns the map of chunks in flight. A fill fetches a run of adjacent chunks with one ranged
+origin read, hands each chunk to its waiters the moment it is complete, then stores it. Fill
+tasks belong to the Filler, not to the requests that caused them: a client that goes away
+does not cancel a fill others wait on. A failed fill reaches every waiter and stores nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Sequence
+
+from isocache.errors import IsocacheError, OriginError, StoreError
+from isocache.image import ImageVersion
+from isocache.metrics import Metrics
+from isocache.store import ChunkStore
+
+log = logging.getLogger(__name__)
+
+
+def _runs(indexes: Iterable[int], max_run: int) -> list[tuple[int, int]]:
+    """Group sorted chunk indexes into (first, count) runs of adjacent chunks, at most max_run long."""
+    runs: list[tuple[int, int]] = []
+    for index in sorted(indexes):
+        if runs and runs[-1][0] + runs[-1][1] == index and runs[-1][1] < max_run:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs
+
+
+class Filler:
+    """Starts and tracks fills. Use on the event loop.
+
+    Foreground fills (a client is waiting) take any of `max_connections` origin slots.
+    Background fills (readahead, prewarm) take at most half of them, and at most
+    `max_per_image` per image version, so a VM's miss never queues behind them.
+    """
+
+    def __init__(
+        self,
+        store: ChunkStore,
+        metrics: Metrics,
+        *,
+        max_connections: int,
+        max_per_image: int,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._chunk_size = store.chunk_size
+        self._slots = asyncio.Semaphore(max_connections)
+        self._background_slots = asyncio.Semaphore(max(1, max_connections // 2))
+        self._max_per_image = max_per_image
+        self._image_slots: dict[str, asyncio.Semaphore] = {}
+        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Filler chunks_in_flight={len(self._inflight)} tasks={len(self._tasks)}>"
+
+    def pending(self, version: ImageVersion, index: int) -> asyncio.Future[bytes] | None:
+        """The fill future of a chunk in flight (done but not yet stored counts), or None."""
+        return self._inflight.get(self._store.key(version.identity, index))
+
+    def request(
+        self,
+        version: ImageVersion,
+        indexes: Iterable[int],
+        *,
+        background: bool = False,
+        max_run: int = 1 << 30,
+    ) -> set[int]:
+        """Start fills for those `indexes` neither stored nor in flight; return the ones started.
+
+        Adjacent missing chunks are fetched with one origin read, split into runs of at most
+        `max_run` chunks so that several runs can go on parallel connections.
+        """
+        if self._closed:
+            raise StoreError("the service is stopping")
+        count = version.chunk_count(self._chunk_size)
+        wanted = {
+            i
+            for i in indexes
+            if 0 <= i < count
+            and not self._store.contains(version.identity, i)
+            and self._store.key(version.identity, i) not in self._inflight
+        }
+        loop = asyncio.get_running_loop()
+        for first, length in _runs(wanted, max_run):
+            futures = []
+            for index in range(first, first + length):
+                future: asyncio.Future[bytes] = loop.create_future()
+                # Mark the outcome retrieved: every waiter may have gone away.
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                self._inflight[self._store.key(version.identity, index)] = future
+                futures.append(future)
+            task = asyncio.create_task(
+                self._fill(version, first, futures, background), name=f"fill-{first}+{length}"
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return wanted
+
+    async def close(self) -> None:
+        """Cancel every fill; their waiters get a StoreError."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, version: ImageVersion, background: bool):  # type: ignore[no-untyped-def]
+        async with contextlib.AsyncExitStack() as stack:
+            if background:
+                await stack.enter_async_context(self._background_slots)
+                per_image = self._image_slots.setdefault(
+                    version.identity, asyncio.Semaphore(self._max_per_image)
+                )
+                await stack.enter_async_context(per_image)
+            await stack.enter_async_context(self._slots)
+            yield
+
+    async def _fill(
+        self,
+        version: ImageVersion,
+        first: int,
+        futures: Sequence[asyncio.Future[bytes]],
+        background: bool,
+    ) -> None:
+        ref = version.ref
+        size = self._chunk_size
+        offset = first * size
+        length = sum(version.chunk_length(i, size) for i in range(first, first + len(futures)))
+        delivered = 0
+        self._metrics.fills_in_flight.inc()
+        try:
+            async with self._slot(version, background):
+                started = time.monotonic()
+                buffer = bytearray()
+                origin_bytes = self._metrics.origin_bytes.labels(ref.origin_label)
+                async for data in ref.origin.read(ref.url, version.meta, offset, length):
+                    origin_bytes.inc(len(data))
+                    buffer += data
+                    while delivered < len(futures):
+                        index = first + delivered
+                        chunk_length = version.chunk_length(index, size)
+                        if len(buffer) < chunk_length:
+                            break
+                        chunk = bytes(buffer[:chunk_length])
+                        del buffer[:chunk_length]
+                        futures[delivered].set_result(chunk)
+                        delivered += 1
+                        self._spawn_store(version, index, futures[delivered - 1], chunk)
+                self._metrics.origin_request_seconds.labels(ref.origin_label).observe(
+                    time.monotonic() - started
+                )
+            if delivered < len(futures):
+                raise OriginError("origin read ended before the fill was complete")
+        except asyncio.CancelledError:
+            self._fail(
+                version, first + delivered, futures[delivered:], StoreError("the fill was cancelled")
+            )
+            raise
+        except IsocacheError as exc:
+            self._metrics.origin_errors.labels(ref.origin_label, exc.error).inc()
+            log.warning(
+                "fill-failed image=%s chunks=%d+%d error=%s",
+                version.identity, first + delivered, len(futures) - delivered, exc.detail,
+            )
+            self._fail(version, first + delivered, futures[delivered:], exc)
+        except Exception as exc:
+            log.exception("fill-crashed image=%s", version.identity)
+            self._fail(version, first + delivered, futures[delivered:], StoreError(repr(exc)))
+        finally:
+            self._metrics.fills_in_flight.dec()
+
+    def _fail(
+        self,
+        version: ImageVersion,
+        first: int,
+        futures: Sequence[asyncio.Future[bytes]],
+        exc: IsocacheError,
+    ) -> None:
+        for offset, future in enumerate(futures):
+            key = self._store.key(version.identity, first + offset)
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+            if not future.done():
+                future.set_exception(exc)
+
+    def _spawn_store(
+        self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes
+    ) -> None:
+        task = asyncio.create_task(self._store_chunk(version, index, future, chunk))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store_chunk(
+        self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes
+    ) -> None:
+        key = self._store.key(version.identity, index)
+        try:
+            await self._store.put(version.identity, index, chunk)
+        except Exception:
+            log.exception("store-put-failed key=%s", key)
+        finally:
+            # Until here the done future stays in flight, so a new reader takes the bytes
+            # from it instead of fetching the chunk again.
+            if self._inflight.get(key) is future:
+                del self._inflight[key]
+            self._metrics.cache_bytes.set(self._store.bytes_used)

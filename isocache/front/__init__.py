@@ -1,0 +1,1 @@
+"""The client-facing HTTP front: routes, range responses, error mapping."""

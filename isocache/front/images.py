@@ -1,0 +1,222 @@
+"""HEAD and GET of images and origin files, with RFC 9110 range semantics.
+
+Small responses (up to GATHER_LIMIT bytes) are gathered before the status line is sent,
+so an origin failure becomes a clean 502/504: qemu's curl driver checks neither status nor
+Content-Range and aborts on a short 206 (see ../shared/DESIGN.md). Longer responses stream,
+and on an unrecoverable failure the connection is aborted, never padded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from aiohttp import web
+
+from isocache.catalog import Catalog
+from isocache.config import redact_url
+from isocache.errors import IsocacheError, MethodNotAllowed, OriginChanged
+from isocache.image import ImageRef, ImageVersion
+from isocache.metrics import Metrics
+from isocache.ranges import ByteRange, if_range_allows, multipart_layout, parse_range
+from isocache.reader import Piece, Reader
+from isocache.resolver import Resolver
+from isocache.units import MiB
+
+log = logging.getLogger(__name__)
+
+GATHER_LIMIT = 8 * MiB
+_CONTENT_TYPE = "application/octet-stream"
+_BUFFERED_PIECE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class FrontSettings:
+    keepalive: str = "auto"  # "auto" | "always" | "never"
+    sendfile: bool = True
+
+
+class ImageHandlers:
+    def __init__(
+        self,
+        catalog: Catalog,
+        resolver: Resolver,
+        reader: Reader,
+        metrics: Metrics,
+        settings: FrontSettings,
+    ) -> None:
+        self._catalog = catalog
+        self._resolver = resolver
+        self._reader = reader
+        self._metrics = metrics
+        self._settings = settings
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.route("*", "/images/{name}", self.image),
+            web.route("*", "/origins/{origin}/{path:.*}", self.origin_file),
+        ]
+
+    async def image(self, request: web.Request) -> web.StreamResponse:
+        self._check_method(request)
+        return await self._serve(request, self._catalog.image(request.match_info["name"]))
+
+    async def origin_file(self, request: web.Request) -> web.StreamResponse:
+        self._check_method(request)
+        # Parse the raw target ourselves: the router sees a decoded, dot-normalised path.
+        raw = request.raw_path.split("?", 1)[0]
+        prefix, _, rest = raw.partition("/origins/")
+        if prefix:
+            raise MethodNotAllowed("absolute-form request targets are not accepted")
+        origin, _, path = rest.partition("/")
+        return await self._serve(request, self._catalog.origin_file(origin, path))
+
+    @staticmethod
+    def _check_method(request: web.Request) -> None:
+        if request.method not in ("GET", "HEAD"):
+            raise MethodNotAllowed(f"{request.method} is not allowed here; use GET or HEAD")
+
+    def _apply_keepalive(self, request: web.Request, response: web.StreamResponse) -> None:
+        mode = self._settings.keepalive
+        # qemu 7.2's curl driver can hang when several keep-alive transfers finish together;
+        # it sends no User-Agent, so "auto" closes after each response to such clients.
+        if mode == "never" or (mode == "auto" and "User-Agent" not in request.headers):
+            response.force_close()
+
+    async def _serve(self, request: web.Request, ref: ImageRef) -> web.StreamResponse:
+        started = time.monotonic()
+        try:
+            for attempt in range(2):
+                version = await self._resolver.resolve(ref)
+                try:
+                    return await self._respond(request, version)
+                except OriginChanged:
+                    # Nothing was sent yet: learn the new version and answer from it alone.
+                    self._resolver.invalidate(ref.url)
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+        finally:
+            self._metrics.request_seconds.labels(request.method).observe(time.monotonic() - started)
+
+    async def _respond(self, request: web.Request, version: ImageVersion) -> web.StreamResponse:
+        size = version.size
+        headers = {
+            "Accept-Ranges": "bytes",  # qemu's curl driver refuses an image without exactly this
+            "ETag": version.etag,
+            "Last-Modified": version.last_modified,
+        }
+        ranges = None
+        if if_range_allows(request.headers.get("If-Range"), version.etag, version.last_modified):
+            ranges = parse_range(request.headers.get("Range"), size)
+        response = web.StreamResponse(headers=headers)
+        self._apply_keepalive(request, response)
+        if ranges is None:
+            whole = ByteRange(0, size)
+            response.content_type = _CONTENT_TYPE
+            response.content_length = size
+            return await self._send(request, response, version, [whole], None)
+        response.set_status(206)
+        if len(ranges) == 1:
+            response.content_type = _CONTENT_TYPE
+            response.headers["Content-Range"] = ranges[0].content_range(size)
+            response.content_length = ranges[0].length
+            return await self._send(request, response, version, ranges, None)
+        layout = multipart_layout(ranges, size, _CONTENT_TYPE)
+        response.headers["Content-Type"] = layout.content_type
+        response.content_length = layout.content_length
+        parts = [header for header, _ in layout.parts] + [layout.trailer]
+        return await self._send(request, response, version, ranges, parts)
+
+    async def _send(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        version: ImageVersion,
+        ranges: Sequence[ByteRange],
+        framing: list[bytes] | None,
+    ) -> web.StreamResponse:
+        """Send the body: `framing` holds multipart part headers and the trailer, if any."""
+        if request.method == "HEAD":
+            await response.prepare(request)
+            return response
+        total = sum(r.length for r in ranges)
+        if total <= GATHER_LIMIT:
+            chunks = await self._reader.gather(version, ranges)
+            try:
+                await response.prepare(request)
+                for number, rng in enumerate(ranges):
+                    if framing:
+                        await response.write(framing[number])
+                    for piece in self._reader.pieces(chunks, rng):
+                        await self._send_piece(request, response, piece)
+                if framing:
+                    await response.write(framing[-1])
+            except ConnectionError:
+                return response
+            finally:
+                chunks.close()
+            await response.write_eof()
+            return response
+        await response.prepare(request)
+        try:
+            for number, rng in enumerate(ranges):
+                if framing:
+                    await response.write(framing[number])
+                async for piece in self._reader.stream(version, rng):
+                    await self._send_piece(request, response, piece)
+            if framing:
+                await response.write(framing[-1])
+        except IsocacheError as exc:
+            log.warning(
+                "response-aborted url=%s error=%s", redact_url(version.ref.url), exc.detail
+            )
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        except ConnectionError:
+            return response
+        await response.write_eof()
+        return response
+
+    async def _send_piece(self, request: web.Request, response: web.StreamResponse, piece: Piece) -> None:
+        source = piece.source
+        if isinstance(source, bytes):
+            await response.write(memoryview(source)[piece.offset : piece.offset + piece.length])
+        elif self._settings.sendfile:
+            await self._sendfile(request, source, piece)
+        else:
+            await self._buffered(response, source, piece)
+        self._metrics.client_bytes.inc(piece.length)
+
+    @staticmethod
+    async def _sendfile(request: web.Request, source: BinaryIO, piece: Piece) -> None:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("client went away")
+        loop = asyncio.get_running_loop()
+        await loop.sendfile(transport, source, piece.offset, piece.length)
+
+    @staticmethod
+    async def _buffered(response: web.StreamResponse, source: BinaryIO, piece: Piece) -> None:
+        loop = asyncio.get_running_loop()
+        offset, remaining = piece.offset, piece.length
+        while remaining:
+            data = await loop.run_in_executor(
+                None, _pread, source, offset, min(remaining, _BUFFERED_PIECE)
+            )
+            if not data:
+                raise ConnectionResetError("chunk file ended early")
+            await response.write(data)
+            offset += len(data)
+            remaining -= len(data)
+
+
+def _pread(source: BinaryIO, offset: int, length: int) -> bytes:
+    return os.pread(source.fileno(), length, offset)
+

@@ -1,0 +1,61 @@
+"""Prometheus metrics on the service's own registry (tests never share counters).
+
+Labels are bounded: an origin's configured name, an error kind, never a URL or a path.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.client_bytes = Counter(
+            "isocache_client_bytes", "Body bytes sent to clients", registry=r
+        )
+        self.origin_bytes = Counter(
+            "isocache_origin_bytes", "Body bytes received from origins", ["origin"], registry=r
+        )
+        self.chunk_hits = Counter(
+            "isocache_chunk_hits", "Chunks a response read from the store", registry=r
+        )
+        self.chunk_misses = Counter(
+            "isocache_chunk_misses", "Chunks a response needed that were not stored", registry=r
+        )
+        self.chunk_coalesced = Counter(
+            "isocache_chunk_coalesced",
+            "Missed chunks that joined a fill already in flight instead of starting one",
+            registry=r,
+        )
+        self.cache_bytes = Gauge("isocache_cache_bytes", "Bytes of chunks in the store", registry=r)
+        self.evictions = Counter("isocache_evictions", "Chunks evicted from the store", registry=r)
+        self.request_seconds = Histogram(
+            "isocache_request_seconds",
+            "Client request duration",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.origin_request_seconds = Histogram(
+            "isocache_origin_request_seconds",
+            "Duration of origin fetches (one ranged request, retries included)",
+            ["origin"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.fills_in_flight = Gauge(
+            "isocache_fills_in_flight", "Origin fills running or queued", registry=r
+        )
+        self.origin_errors = Counter(
+            "isocache_origin_errors", "Failed origin operations", ["origin", "kind"], registry=r
+        )
+        self.stale_serves = Counter(
+            "isocache_stale_if_error",
+            "Times a cached version was served because the origin could not be reached",
+            ["origin"],
+            registry=r,
+        )

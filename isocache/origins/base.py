@@ -1,0 +1,75 @@
+"""The Origin protocol every backend implements, and the metadata it returns.
+
+A backend knows how to talk to one kind of remote store; it knows nothing about chunks,
+the cache or the HTTP front. It maps its client library's exceptions to isocache.errors
+at its own boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class OriginMeta:
+    """What an origin says about one file: its size and validators.
+
+    `etag` is the header value as sent (quoted, maybe W/-prefixed); `last_modified` an HTTP-date.
+    """
+
+    size: int
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @property
+    def strong_etag(self) -> str | None:
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return None
+
+    @property
+    def validator(self) -> str:
+        """The part of the identity that changes when the file changes (besides its size).
+
+        A weak ETag only promises semantic equivalence, not byte equality (RFC 9110 8.8.1),
+        so it is not good enough to keep chunks apart; Last-Modified is preferred over it.
+        """
+        if self.strong_etag:
+            return "etag:" + self.strong_etag
+        if self.last_modified:
+            return "lm:" + self.last_modified
+        if self.etag:
+            return "weak:" + self.etag
+        return ""
+
+
+class Origin(Protocol):
+    """A remote store of images, addressed by URL.
+
+    Implementations are shared by every image of their scheme and must be safe to call
+    concurrently from the event loop.
+    """
+
+    async def stat(self, url: str) -> OriginMeta:
+        """Return the current size and validators of `url`.
+
+        Raises ImageNotFound, OriginUnavailable, OriginTimeout or OriginProtocolError.
+        Never reads more than a byte of the body.
+        """
+        ...
+
+    def read(self, url: str, meta: OriginMeta, offset: int, length: int) -> AsyncIterator[bytes]:
+        """Yield exactly `length` bytes of the version described by `meta`, from `offset`, in order.
+
+        Retries and resumes from the last good byte on dropped connections, within the
+        backend's retry budget. Raises OriginChanged when the origin no longer has that
+        version, and the other OriginError subclasses when it gives up. The bytes already
+        yielded are always correct bytes of `meta`'s version.
+        """
+        ...
+
+    async def close(self) -> None:
+        """Release pooled connections."""
+        ...

@@ -1,0 +1,161 @@
+"""Reads byte ranges of an image version: hits from the store, misses through fills.
+
+Knows chunks, not HTTP. Returns Pieces (a slice of an open chunk file or of chunk bytes)
+that the front sends with sendfile or a plain write. Also decides readahead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from isocache.fill import Filler
+from isocache.image import ImageVersion
+from isocache.metrics import Metrics
+from isocache.ranges import ByteRange
+from isocache.store import ChunkStore
+
+# Reads that start within this distance of where a recent read of the same image stopped
+# count as sequential (qemu asks for read size + 256 KiB readahead, so consecutive reads overlap).
+_SEQUENTIAL_SLACK = 1024 * 1024
+_RECENT_READS = 16
+
+
+@dataclass(slots=True)
+class Piece:
+    """`length` bytes at `offset` of `source`: an open chunk file or the chunk's bytes."""
+
+    source: BinaryIO | bytes
+    offset: int
+    length: int
+
+
+class Chunks:
+    """The chunks a response is made of, held open until `close()`."""
+
+    def __init__(self) -> None:
+        self._sources: dict[int, BinaryIO | bytes] = {}
+
+    def add(self, index: int, source: BinaryIO | bytes) -> None:
+        self._sources[index] = source
+
+    def get(self, index: int) -> BinaryIO | bytes:
+        return self._sources[index]
+
+    def close(self) -> None:
+        for source in self._sources.values():
+            if not isinstance(source, bytes):
+                source.close()
+        self._sources.clear()
+
+
+class Reader:
+    """Use on the event loop."""
+
+    def __init__(
+        self, store: ChunkStore, filler: Filler, metrics: Metrics, *, readahead: int, max_per_image: int
+    ) -> None:
+        self._store = store
+        self._filler = filler
+        self._metrics = metrics
+        self.chunk_size = store.chunk_size
+        self._readahead_chunks = readahead // self.chunk_size
+        self._parallel = max(1, max_per_image)
+        self._recent: dict[str, collections.deque[int]] = {}
+
+    def pieces(self, chunks: Chunks, rng: ByteRange) -> list[Piece]:
+        """The pieces of `rng`, all of whose chunks `chunks` holds."""
+        return [self._piece(chunks.get(i), i, rng) for i in rng.chunk_indexes(self.chunk_size)]
+
+    def _piece(self, source: BinaryIO | bytes, index: int, rng: ByteRange) -> Piece:
+        base = index * self.chunk_size
+        start = max(rng.start, base)
+        stop = min(rng.stop, base + self.chunk_size)
+        return Piece(source, start - base, stop - start)
+
+    async def gather(self, version: ImageVersion, ranges: Sequence[ByteRange]) -> Chunks:
+        """Make every chunk of `ranges` available before anything is sent.
+
+        Missing chunks are fetched with one origin read per run of adjacent chunks. Raises
+        the fill's IsocacheError (nothing sent yet, so the client gets a clean status).
+        """
+        indexes = sorted({i for rng in ranges for i in rng.chunk_indexes(self.chunk_size)})
+        self._note_read(version, ranges)
+        chunks = Chunks()
+        try:
+            started = self._filler.request(version, self._missing(version, indexes))
+            for index in indexes:
+                chunks.add(index, await self._chunk(version, index, started))
+        except BaseException:
+            chunks.close()
+            raise
+        return chunks
+
+    async def stream(self, version: ImageVersion, rng: ByteRange) -> AsyncIterator[Piece]:
+        """Yield the pieces of a long range in order, keeping a window of fills ahead.
+
+        A failure mid-way raises after some pieces were yielded: the caller must then
+        abort the response, never pad or skip.
+        """
+        indexes = rng.chunk_indexes(self.chunk_size)
+        window = max(self._readahead_chunks, 1)
+        max_run = max(1, window // self._parallel)
+        self._note_read(version, [rng])
+        started: set[int] = set()
+        for position, index in enumerate(indexes):
+            ahead = indexes[position : position + window]
+            started |= self._filler.request(version, self._missing(version, ahead), max_run=max_run)
+            source = await self._chunk(version, index, started)
+            try:
+                yield self._piece(source, index, rng)
+            finally:
+                if not isinstance(source, bytes):
+                    source.close()
+
+    def _missing(self, version: ImageVersion, indexes: Iterable[int]) -> list[int]:
+        return [i for i in indexes if not self._store.contains(version.identity, i)]
+
+    async def _chunk(self, version: ImageVersion, index: int, started: set[int]) -> BinaryIO | bytes:
+        length = version.chunk_length(index, self.chunk_size)
+        missed = False
+        while True:
+            source = await self._store.open_chunk(version.identity, index, length)
+            if source is not None:
+                if not missed:
+                    self._metrics.chunk_hits.inc()
+                return source
+            future = self._filler.pending(version, index)
+            if future is None:
+                started |= self._filler.request(version, [index])
+                future = self._filler.pending(version, index)
+                if future is None:
+                    continue  # stored meanwhile
+            if not missed:
+                missed = True
+                self._metrics.chunk_misses.inc()
+                if index not in started:
+                    self._metrics.chunk_coalesced.inc()
+            # shield: a client that goes away must not cancel a fill others wait on.
+            return await asyncio.shield(future)
+
+    def _note_read(self, version: ImageVersion, ranges: Sequence[ByteRange]) -> None:
+        """Start background readahead when this read continues an earlier one."""
+        if self._readahead_chunks <= 0 or not ranges:
+            return
+        recent = self._recent.setdefault(version.identity, collections.deque(maxlen=_RECENT_READS))
+        start, stop = ranges[0].start, ranges[-1].stop
+        sequential = any(abs(start - previous) <= _SEQUENTIAL_SLACK for previous in recent)
+        recent.append(stop)
+        if not sequential:
+            return
+        first = -(-stop // self.chunk_size)
+        ahead = range(first, first + self._readahead_chunks)
+        self._filler.request(
+            version,
+            self._missing(version, ahead),
+            background=True,
+            max_run=max(1, self._readahead_chunks // self._parallel),
+        )

@@ -1,0 +1,133 @@
+"""Composition root: config -> store, origins, catalog, fills, reader, HTTP app; start and stop.
+
+Nothing else constructs these parts; tests start a Service with a config of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from isocache.catalog import Catalog
+from isocache.config import Config
+from isocache.fill import Filler
+from isocache.front.app import build_app
+from isocache.front.images import FrontSettings, ImageHandlers
+from isocache.metrics import Metrics
+from isocache.origins.base import Origin
+from isocache.origins.http import HttpOrigin
+from isocache.reader import Reader
+from isocache.resolver import Resolver
+from isocache.store import ChunkStore
+
+log = logging.getLogger(__name__)
+
+# Longest a graceful stop waits for responses in progress (SIGTERM must end within 10 s).
+_SHUTDOWN_TIMEOUT = 5.0
+
+
+class Service:
+    """One isocache instance. `start()` and `stop()` on the event loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        cache = config.cache
+        self.store = ChunkStore(
+            cache.dir,
+            size_limit=cache.size_limit,
+            chunk_size=cache.chunk_size,
+            on_evict=self.metrics.evictions.inc,
+        )
+        self._backends: dict[str, Origin] = {}
+        self.catalog: Catalog | None = None
+        self.filler: Filler | None = None
+        self._runner: web.AppRunner | None = None
+        self.host = config.server.host
+        self.port = config.server.port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        config = self.config
+        await self.store.open()
+        self.metrics.cache_bytes.set(self.store.bytes_used)
+        http = HttpOrigin(
+            is_allowed=lambda url: self.catalog is not None and self.catalog.is_allowed(url),
+            connect_timeout=config.fetch.connect_timeout,
+            read_timeout=config.fetch.read_timeout,
+            retries=config.fetch.retries,
+            max_connections=config.fetch.max_connections,
+        )
+        self._backends = {"http": http, "https": http}
+        self.catalog = Catalog(config, self._backends)
+        resolver = Resolver(self.store, self.metrics, revalidate=config.cache.revalidate)
+        await self._pin_known(resolver)
+        self.filler = Filler(
+            self.store,
+            self.metrics,
+            max_connections=config.fetch.max_connections,
+            max_per_image=config.fetch.max_connections_per_image,
+        )
+        reader = Reader(
+            self.store,
+            self.filler,
+            self.metrics,
+            readahead=config.fetch.readahead,
+            max_per_image=config.fetch.max_connections_per_image,
+        )
+        settings = FrontSettings(keepalive=config.server.keepalive, sendfile=config.server.sendfile)
+        images = ImageHandlers(self.catalog, resolver, reader, self.metrics, settings)
+        app = build_app(images, self.metrics)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, config.server.host, config.server.port)
+        await site.start()
+        sockets = [s for s in (site._server.sockets if site._server else [])]  # noqa: SLF001
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info("listening on %s", self.url)
+
+    async def _pin_known(self, resolver: Resolver) -> None:
+        """Pin the last known versions of pinned images before anything can evict them."""
+        assert self.catalog is not None
+        for ref in self.catalog.images().values():
+            if ref.pinned:
+                version = await resolver.persisted(ref)
+                if version is not None:
+                    self.store.pin(version.identity)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.filler is not None:
+            await self.filler.close()
+        for backend in {id(b): b for b in self._backends.values()}.values():
+            await backend.close()
+        await self.store.close()
+        log.info("stopped")
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly."""
+    service = Service(config)
+    await service.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await service.stop()
+
