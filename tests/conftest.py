@@ -46,11 +46,15 @@ def config_text(
     chunk_size: str = "64KiB",
     size_limit: str = "64MiB",
     revalidate: str = "60s",
+    sendfile: bool = True,
+    keepalive: str = "auto",
     extra: str = "",
 ) -> str:
     lines = [
         "[server]",
         f'listen = "127.0.0.1:{port}"',
+        f"sendfile = {'true' if sendfile else 'false'}",
+        f'keepalive = "{keepalive}"',
         "[cache]",
         f'dir = "{cache_dir}"',
         f'chunk_size = "{chunk_size}"',
