@@ -18,9 +18,8 @@ from isocache.metrics import Metrics
 from isocache.ranges import ByteRange
 from isocache.store import ChunkStore
 
-# Reads that start within this distance of where a recent read of the same image stopped
-# count as sequential (qemu asks for read size + 256 KiB readahead, so consecutive reads overlap).
-_SEQUENTIAL_SLACK = 1024 * 1024
+# qemu's curl driver asks for read size + 256 KiB readahead, so consecutive reads overlap.
+_QEMU_READAHEAD = 256 * 1024
 _RECENT_READS = 16
 
 
@@ -64,7 +63,7 @@ class Reader:
         self.chunk_size = store.chunk_size
         self._readahead_chunks = readahead // self.chunk_size
         self._parallel = max(1, max_per_image)
-        self._recent: dict[str, collections.deque[int]] = {}
+        self._recent: dict[str, collections.deque[tuple[int, int]]] = {}
 
     def pieces(self, chunks: Chunks, rng: ByteRange) -> list[Piece]:
         """The pieces of `rng`, all of whose chunks `chunks` holds."""
@@ -142,13 +141,25 @@ class Reader:
             return await asyncio.shield(future)
 
     def _note_read(self, version: ImageVersion, ranges: Sequence[ByteRange]) -> None:
-        """Start background readahead when this read continues an earlier one."""
+        """Start background readahead when this read continues an earlier one.
+
+        "Continues" means it starts after an earlier read of the image started and at most a
+        chunk past where it stopped, allowing an overlap of up to qemu's 256 KiB readahead
+        (or a quarter of the earlier read, for small reads). A lone read, or the same range read
+        again, is not sequential and triggers nothing.
+        """
         if self._readahead_chunks <= 0 or not ranges:
             return
         recent = self._recent.setdefault(version.identity, collections.deque(maxlen=_RECENT_READS))
         start, stop = ranges[0].start, ranges[-1].stop
-        sequential = any(abs(start - previous) <= _SEQUENTIAL_SLACK for previous in recent)
-        recent.append(stop)
+        sequential = any(
+            earlier_start < start
+            and earlier_stop - min(_QEMU_READAHEAD, (earlier_stop - earlier_start) // 4)
+            <= start
+            <= earlier_stop + self.chunk_size
+            for earlier_start, earlier_stop in recent
+        )
+        recent.append((start, stop))
         if not sequential:
             return
         first = -(-stop // self.chunk_size)
