@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDict
 
 from bench.origin import OriginServer, generate_image
 from isocache.config import parse_config_text
@@ -100,9 +101,10 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def fetch(
     session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
+) -> tuple[int, CIMultiDict[str], bytes]:
+    """GET `url`; the headers come back case-insensitive."""
     async with session.get(url, headers=headers or {}) as resp:
-        return resp.status, dict(resp.headers), await resp.read()
+        return resp.status, CIMultiDict(resp.headers), await resp.read()
 
 
 class ProcessService:
