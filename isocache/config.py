@@ -204,7 +204,7 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path | None = None
     admin = _admin(_Table(source, "admin", data.get("admin", {})), base_dir)
     fetch = _fetch(_Table(source, "fetch", data.get("fetch", {})))
     origins = {
-        name: OriginConfig(name, _url(table, origin=True))
+        name: _origin(name, table)
         for name, table in _named_tables(source, "origins", data.get("origins", {}))
     }
     images = {
@@ -316,6 +316,12 @@ def _url(table: _Table, *, origin: bool) -> str:
     if parts.path.endswith("/") or not parts.path:
         raise table.error("url", f"an image URL must name a file, not a directory: {shown!r}")
     return url
+
+
+def _origin(name: str, table: _Table) -> OriginConfig:
+    url = _url(table, origin=True)
+    table.finish()
+    return OriginConfig(name, url)
 
 
 def _image(name: str, table: _Table) -> ImageConfig:

@@ -57,11 +57,15 @@ class Filler:
         self._max_per_image = max_per_image
         self._image_slots: dict[str, asyncio.Semaphore] = {}
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled on close
+        self._stores: set[asyncio.Task[None]] = set()  # puts of fetched chunks: awaited on close
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<Filler chunks_in_flight={len(self._inflight)} tasks={len(self._tasks)}>"
+        return (
+            f"<Filler chunks_in_flight={len(self._inflight)} fills={len(self._tasks)} "
+            f"stores={len(self._stores)}>"
+        )
 
     def pending(self, version: ImageVersion, index: int) -> asyncio.Future[bytes] | None:
         """The fill future of a chunk in flight (done but not yet stored counts), or None."""
@@ -107,11 +111,13 @@ class Filler:
         return wanted
 
     async def close(self) -> None:
-        """Cancel every fill; their waiters get a StoreError."""
+        """Cancel every fill (their waiters get a StoreError); finish storing fetched chunks."""
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Chunks already fetched are worth keeping: a put takes milliseconds.
+        await asyncio.gather(*self._stores, return_exceptions=True)
 
     @contextlib.asynccontextmanager
     async def _slot(self, version: ImageVersion, background: bool):  # type: ignore[no-untyped-def]
@@ -197,8 +203,8 @@ class Filler:
         self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes
     ) -> None:
         task = asyncio.create_task(self._store_chunk(version, index, future, chunk))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._stores.add(task)
+        task.add_done_callback(self._stores.discard)
 
     async def _store_chunk(
         self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes

@@ -80,7 +80,8 @@ class ChunkStore:
         self._index: OrderedDict[str, ChunkRecord] = OrderedDict()  # LRU first
         self._pinned: set[str] = set()
         self._touched: set[str] = set()
-        self._bytes_used = 0
+        self._bytes_used = 0  # chunks in the index
+        self._bytes_reserved = 0  # chunks being written
         self._flush_task: asyncio.Task[None] | None = None
         self._low_space_logged = False
 
@@ -183,6 +184,7 @@ class ChunkStore:
 
     @property
     def bytes_used(self) -> int:
+        """Bytes of stored, visible chunks (not counting writes in progress)."""
         return self._bytes_used
 
     def image_bytes(self, identity: str) -> int:
@@ -252,16 +254,15 @@ class ChunkStore:
         length = len(data)
         if not await self._make_room(length):
             return False
-        self._bytes_used += length  # reserved while the write runs
+        self._bytes_reserved += length
         try:
             record = await self._run(self._write_blocking, key, identity, data)
-        except Exception:
-            self._bytes_used -= length
-            raise
+        finally:
+            self._bytes_reserved -= length
         if record is None:
-            self._bytes_used -= length
             return False
         self._index[key] = record
+        self._bytes_used += length
         return True
 
     def _write_blocking(self, key: str, identity: str, data: bytes) -> ChunkRecord | None:
@@ -291,12 +292,13 @@ class ChunkStore:
         return ChunkRecord(len(data), crc, path, now, True)
 
     async def _make_room(self, length: int) -> bool:
-        if self._bytes_used + length <= self.size_limit:
+        """Evict so that `length` more bytes fit within size_limit, writes in progress included."""
+        if self._bytes_used + self._bytes_reserved + length <= self.size_limit:
             return True
-        return await self._evict_to(self.size_limit - length)
+        return await self._evict_to(self.size_limit - self._bytes_reserved - length)
 
     async def _evict_to(self, target: int) -> bool:
-        """Evict least recently used unpinned chunks until at most `target` bytes are used."""
+        """Evict least recently used unpinned chunks until at most `target` bytes are stored."""
         victims: list[str] = []
         for key, record in self._index.items():
             if self._bytes_used <= target:
