@@ -88,6 +88,6 @@ def parse_dump(output: bytes) -> bytes:
         head, sep, rest = line.partition(":  ")
         if not sep or not all(c in "0123456789abcdef" for c in head):
             continue
-        # Fixed columns: 16 "xx " groups, then the ASCII rendering (which may look like hex).
-        result += bytes(int(token, 16) for token in rest[:48].split())
+        # "xx xx ... xx" then two spaces and the ASCII rendering (which may look like hex).
+        result += bytes(int(token, 16) for token in rest.split("  ", 1)[0].split())
     return bytes(result)
