@@ -85,7 +85,8 @@ class Reader:
         self._note_read(version, ranges)
         chunks = Chunks()
         try:
-            started = self._filler.request(version, self._missing(version, indexes))
+            missing = self._missing(version, indexes)
+            started = self._filler.request(version, missing) if missing else set()
             for index in indexes:
                 chunks.add(index, await self._chunk(version, index, started))
         except BaseException:

@@ -199,8 +199,23 @@ class ImageHandlers:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")
-        loop = asyncio.get_running_loop()
-        await loop.sendfile(transport, source, piece.offset, piece.length)
+        offset, remaining = piece.offset, piece.length
+        sock = transport.get_extra_info("socket")
+        # Fast path: with nothing queued in the transport, the socket's own buffer usually
+        # takes a whole chunk at once. loop.sendfile would first pause reading and register
+        # for writability (a third of the CPU of a 256 KiB hit, measured with py-spy).
+        if sock is not None and transport.get_write_buffer_size() == 0:
+            try:
+                while remaining:
+                    sent = os.sendfile(sock.fileno(), source.fileno(), offset, remaining)
+                    if sent == 0:
+                        raise ConnectionResetError("client went away")
+                    offset += sent
+                    remaining -= sent
+            except BlockingIOError:
+                pass
+        if remaining:
+            await asyncio.get_running_loop().sendfile(transport, source, offset, remaining)
 
     @staticmethod
     async def _buffered(response: web.StreamResponse, source: BinaryIO, piece: Piece) -> None:
