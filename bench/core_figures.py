@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import procs
 from bench.origin import write_image
-from isocache.units import MiB, parse_size
+from isocache.units import parse_size
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LUA = Path(__file__).resolve().parent / "wrk_ranges.lua"
@@ -36,10 +36,15 @@ LUA = Path(__file__).resolve().parent / "wrk_ranges.lua"
 
 def isocache_config(origin_url: str, cache_dir: Path, port: int, **fetch: str) -> str:
     lines = [
-        "[server]", f'listen = "127.0.0.1:{port}"',
-        "[cache]", f'dir = "{cache_dir}"', 'size_limit = "8GiB"',
-        "[origins.bench]", f'url = "{origin_url}"',
-        "[images.img]", f'url = "{origin_url}img.raw"',
+        "[server]",
+        f'listen = "127.0.0.1:{port}"',
+        "[cache]",
+        f'dir = "{cache_dir}"',
+        'size_limit = "8GiB"',
+        "[origins.bench]",
+        f'url = "{origin_url}"',
+        "[images.img]",
+        f'url = "{origin_url}img.raw"',
     ]
     if fetch:
         lines.append("[fetch]")
@@ -58,8 +63,18 @@ def cached_bytes(base_url: str) -> float:
 def curl_time(url: str) -> tuple[float, int]:
     """Seconds and bytes of one whole GET with curl (body discarded)."""
     out = subprocess.run(
-        ["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total} %{size_download} %{http_code}", url],
-        check=True, capture_output=True, text=True,
+        [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total} %{size_download} %{http_code}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     if out[2] != "200":
         raise RuntimeError(f"GET {url} answered {out[2]}")
@@ -68,9 +83,21 @@ def curl_time(url: str) -> tuple[float, int]:
 
 def wrk(url: str, size: int, range_size: int, seconds: int, connections: int) -> dict[str, Any]:
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA), url, "--",
-         str(size), str(range_size)],
-        check=True, capture_output=True, text=True,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            str(LUA),
+            url,
+            "--",
+            str(size),
+            str(range_size),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     line = next(line for line in out.splitlines() if line.startswith("{"))
     result: dict[str, Any] = json.loads(line)
@@ -108,9 +135,7 @@ def cold_sequential(work: Path, image: Path, rate: str, rounds: int) -> dict[str
         for number in range(rounds):
             seconds, length = curl_time(origin_url + "img.raw")
             runs["direct"].append({"seconds": seconds, "MBps": length / seconds / 1e6})
-            config = isocache_config(
-                origin_url, work / f"cache-cold-{number}", procs.free_port()
-            )
+            config = isocache_config(origin_url, work / f"cache-cold-{number}", procs.free_port())
             with procs.isocache(config, work) as (iso_url, _):
                 seconds, length = curl_time(iso_url + "images/img")
                 runs["isocache"].append({"seconds": seconds, "MBps": length / seconds / 1e6})
@@ -129,17 +154,33 @@ def qemu_hangs(work: Path, image: Path, runs: int, parallel: int = 4) -> dict[st
         procs.wait_http(nginx_url + "img.raw")
         config = isocache_config(nginx_url, work / "cache-hang", procs.free_port())
         with procs.isocache(config, work) as (iso_url, _):
-            for name, url in (("nginx keep-alive", nginx_url + "img.raw"),
-                              ("isocache", iso_url + "images/img")):
+            for name, url in (
+                ("nginx keep-alive", nginx_url + "img.raw"),
+                ("isocache", iso_url + "images/img"),
+            ):
+
                 def convert(number: int, url: str = url) -> int:
                     target = work / f"hang-{number}.raw"
                     code = subprocess.run(
-                        ["timeout", "-k", "5", "60", "qemu-img", "convert", "-f", "raw",
-                         "-O", "raw", url, str(target)],
+                        [
+                            "timeout",
+                            "-k",
+                            "5",
+                            "60",
+                            "qemu-img",
+                            "convert",
+                            "-f",
+                            "raw",
+                            "-O",
+                            "raw",
+                            url,
+                            str(target),
+                        ],
                         capture_output=True,
                     ).returncode
                     target.unlink(missing_ok=True)
                     return code
+
                 with ThreadPoolExecutor(parallel) as pool:
                     codes = list(pool.map(convert, range(runs)))
                 results[name] = {
@@ -157,7 +198,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], key: str) -> dict[str, Any]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", default="256MiB")
     parser.add_argument("--rate", default="50MB", help="origin bytes/s per connection (cold test)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -193,18 +236,24 @@ def render(figures: dict[str, Any]) -> str:
     hits = figures.get("warm_hits_256k")
     if hits:
         m = hits["median_MBps"]
-        rows.append(f"| warm 256 KiB random hits, 16 conns (MB/s) | nginx {m['nginx']:.0f} | "
-                    f"{m['isocache']:.0f} | {hits['ratio']:.2f}x |")
+        rows.append(
+            f"| warm 256 KiB random hits, 16 conns (MB/s) | nginx {m['nginx']:.0f} | "
+            f"{m['isocache']:.0f} | {hits['ratio']:.2f}x |"
+        )
     cold = figures.get("cold_sequential")
     if cold:
         m = cold["median_MBps"]
-        rows.append(f"| cold sequential read, origin {figures['rate']}/s per conn (MB/s) | "
-                    f"direct {m['direct']:.0f} | {m['isocache']:.0f} | {cold['ratio']:.2f}x |")
+        rows.append(
+            f"| cold sequential read, origin {figures['rate']}/s per conn (MB/s) | "
+            f"direct {m['direct']:.0f} | {m['isocache']:.0f} | {cold['ratio']:.2f}x |"
+        )
     hangs = figures.get("qemu_convert_hangs")
     if hangs:
         n, i = hangs["nginx keep-alive"], hangs["isocache"]
-        rows.append(f"| qemu-img convert hangs (60 s limit) | nginx keep-alive {n['hangs']}/{n['runs']} | "
-                    f"{i['hangs']}/{i['runs']} | |")
+        rows.append(
+            f"| qemu-img convert hangs (60 s limit) | nginx keep-alive {n['hangs']}/{n['runs']} | "
+            f"{i['hangs']}/{i['runs']} | |"
+        )
     return "\n".join(rows)
 
 

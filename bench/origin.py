@@ -226,8 +226,13 @@ class OriginServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
         entry_log = LogEntry(
-            request.method, path, request.headers.get("Range"), 0, 0,
-            dict(request.headers), time.monotonic(),
+            request.method,
+            path,
+            request.headers.get("Range"),
+            0,
+            0,
+            dict(request.headers),
+            time.monotonic(),
         )
         self.log.append(entry_log)
         try:
@@ -278,7 +283,9 @@ class OriginServer:
             if match and (match.group(1) or match.group(2)):
                 if match.group(1):
                     start = int(match.group(1))
-                    stop = min(int(match.group(2)) + 1, entry.size) if match.group(2) else entry.size
+                    stop = (
+                        min(int(match.group(2)) + 1, entry.size) if match.group(2) else entry.size
+                    )
                 else:
                     start = max(0, entry.size - int(match.group(2)))
                 if start >= entry.size or stop <= start:
@@ -297,8 +304,13 @@ class OriginServer:
         return response
 
     async def _write_body(
-        self, request: web.Request, response: web.StreamResponse, entry: _File,
-        start: int, stop: int, log: LogEntry,
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        entry: _File,
+        start: int,
+        stop: int,
+        log: LogEntry,
     ) -> None:
         transport = request.transport
         bucket = None

@@ -26,8 +26,8 @@ def wait_for_line(proc: subprocess.Popen[str], marker: str, timeout: float = 30.
         if marker in line:
             return line.strip()
         if not line and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited {proc.returncode} before {marker!r}")
-    raise TimeoutError(f"{proc.args} did not print {marker!r}")
+            raise RuntimeError(f"{proc.args!r} exited {proc.returncode} before {marker!r}")
+    raise TimeoutError(f"{proc.args!r} did not print {marker!r}")
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
@@ -53,8 +53,9 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 @contextlib.contextmanager
-def origin(files: dict[str, Path], *, per_connection_rate: str | None = None,
-           latency: str | None = None) -> Iterator[str]:
+def origin(
+    files: dict[str, Path], *, per_connection_rate: str | None = None, latency: str | None = None
+) -> Iterator[str]:
     """bench.origin in its own process; yields its base URL."""
     args = [sys.executable, "-m", "bench.origin"]
     for name, path in files.items():
@@ -80,7 +81,9 @@ def isocache(config_text: str, workdir: Path) -> Iterator[tuple[str, subprocess.
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "isocache", "serve", "--config", str(config)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 30

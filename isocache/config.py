@@ -293,7 +293,7 @@ def _named_tables(source: str, kind: str, data: Any) -> list[tuple[str, _Table]]
 
 
 def _url(table: _Table, *, origin: bool) -> str:
-    url = table.get("url", str, "a URL string")
+    url: str | None = table.get("url", str, "a URL string")
     if url is None:
         raise table.error("url", "missing (required)")
     shown = redact_url(url)
@@ -304,7 +304,9 @@ def _url(table: _Table, *, origin: bool) -> str:
         raise table.error("url", f"unparsable URL {shown!r}") from None
     if parts.scheme.lower() not in SUPPORTED_SCHEMES:
         expected = ", ".join(sorted(SUPPORTED_SCHEMES))
-        raise table.error("url", f"unsupported scheme {parts.scheme!r} (expected one of {expected})")
+        raise table.error(
+            "url", f"unsupported scheme {parts.scheme!r} (expected one of {expected})"
+        )
     if not parts.hostname:
         raise table.error("url", f"URL {shown!r} has no host")
     if parts.fragment:

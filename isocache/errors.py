@@ -10,7 +10,7 @@
     ├── OriginError (502)            anything an origin did wrong
     │   ├── OriginUnavailable (502)  connection refused, reset, DNS, 5xx after retries
     │   ├── OriginTimeout (504)      connect or read timed out
-    │   ├── OriginProtocolError (502) wrong status, Content-Range or length; redirect outside origins
+    │   ├── OriginProtocolError (502) wrong status, Content-Range or length; bad redirect
     │   └── OriginChanged (502)      the origin's file is not the version we were reading
     └── StoreError (503)             the local chunk store failed
 

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def _runs(indexes: Iterable[int], max_run: int) -> list[tuple[int, int]]:
-    """Group sorted chunk indexes into (first, count) runs of adjacent chunks, at most max_run long."""
+    """Group chunk indexes into (first, count) runs of adjacent chunks, at most max_run long."""
     runs: list[tuple[int, int]] = []
     for index in sorted(indexes):
         if runs and runs[-1][0] + runs[-1][1] == index and runs[-1][1] < max_run:
@@ -169,14 +169,20 @@ class Filler:
                 raise OriginError("origin read ended before the fill was complete")
         except asyncio.CancelledError:
             self._fail(
-                version, first + delivered, futures[delivered:], StoreError("the fill was cancelled")
+                version,
+                first + delivered,
+                futures[delivered:],
+                StoreError("the fill was cancelled"),
             )
             raise
         except IsocacheError as exc:
             self._metrics.origin_errors.labels(ref.origin_label, exc.error).inc()
             log.warning(
                 "fill-failed image=%s chunks=%d+%d error=%s",
-                version.identity, first + delivered, len(futures) - delivered, exc.detail,
+                version.identity,
+                first + delivered,
+                len(futures) - delivered,
+                exc.detail,
             )
             self._fail(version, first + delivered, futures[delivered:], exc)
         except Exception as exc:

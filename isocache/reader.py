@@ -55,7 +55,13 @@ class Reader:
     """Use on the event loop."""
 
     def __init__(
-        self, store: ChunkStore, filler: Filler, metrics: Metrics, *, readahead: int, max_per_image: int
+        self,
+        store: ChunkStore,
+        filler: Filler,
+        metrics: Metrics,
+        *,
+        readahead: int,
+        max_per_image: int,
     ) -> None:
         self._store = store
         self._filler = filler
@@ -118,7 +124,9 @@ class Reader:
     def _missing(self, version: ImageVersion, indexes: Iterable[int]) -> list[int]:
         return [i for i in indexes if not self._store.contains(version.identity, i)]
 
-    async def _chunk(self, version: ImageVersion, index: int, started: set[int]) -> BinaryIO | bytes:
+    async def _chunk(
+        self, version: ImageVersion, index: int, started: set[int]
+    ) -> BinaryIO | bytes:
         length = version.chunk_length(index, self.chunk_size)
         missed = False
         while True:

@@ -76,7 +76,9 @@ class Resolver:
             version = await self._stat(ref)
         except BaseException as exc:
             if not result.done():
-                result.set_exception(exc if isinstance(exc, Exception) else OriginError("cancelled"))
+                result.set_exception(
+                    exc if isinstance(exc, Exception) else OriginError("cancelled")
+                )
                 result.exception()  # retrieved: waiters may all have gone
             if not isinstance(exc, Exception):
                 raise
@@ -99,7 +101,9 @@ class Resolver:
                 raise
             log.warning(
                 "stale-if-error url=%s error=%s serving=%s",
-                redact_url(ref.url), exc.detail, stale.identity,
+                redact_url(ref.url),
+                exc.detail,
+                stale.identity,
             )
             self._metrics.stale_serves.labels(ref.origin_label).inc()
             checked = now - self._revalidate + min(self._revalidate, _STALE_RETRY_INTERVAL)
@@ -115,7 +119,9 @@ class Resolver:
                 if persisted is not None:
                     log.info(
                         "origin-changed url=%s old=%s new=%s",
-                        redact_url(ref.url), persisted.identity, version.identity,
+                        redact_url(ref.url),
+                        persisted.identity,
+                        version.identity,
                     )
                     await self._store.drop_image(persisted.identity)
                 await self._store.save_meta(ref.url, _meta_record(version))

@@ -91,7 +91,8 @@ class Service:
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.server.host, config.server.port)
         await site.start()
-        sockets = [s for s in (site._server.sockets if site._server else [])]  # noqa: SLF001
+        # aiohttp exposes the bound port (port 0 in tests) only through the server's sockets.
+        sockets = getattr(site._server, "sockets", None)
         if sockets:
             self.port = sockets[0].getsockname()[1]
         log.info("listening on %s", self.url)
@@ -130,4 +131,3 @@ async def run(config: Config) -> None:
         log.info("stopping")
     finally:
         await service.stop()
-

@@ -9,6 +9,7 @@ LRU itself (see ../shared/DESIGN.md: a per-hit SQLite write costs 4x and stalls 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import os
@@ -108,7 +109,10 @@ class ChunkStore:
         self._flush_task = asyncio.create_task(self._flush_access_loop(), name="store-flush")
         log.info(
             "store-open dir=%s chunks=%d bytes=%d limit=%d",
-            self.directory, len(self._index), self._bytes_used, self.size_limit,
+            self.directory,
+            len(self._index),
+            self._bytes_used,
+            self.size_limit,
         )
         if self._bytes_used > self.size_limit:
             await self._evict_to(self.size_limit)
@@ -139,12 +143,14 @@ class ChunkStore:
             if not isinstance(key, str):
                 cache.delete(key)
             elif key.startswith(_DATA):
-                data_keys.add(key[len(_DATA):])
+                data_keys.add(key[len(_DATA) :])
             elif key.startswith(_RECORD):
                 value = cache.get(key)
                 if isinstance(value, tuple) and len(value) == 4:
                     length, crc, path, last_access = value
-                    records[key[len(_RECORD):]] = ChunkRecord(length, crc, path, last_access, False)
+                    records[key[len(_RECORD) :]] = ChunkRecord(
+                        length, crc, path, last_access, False
+                    )
                 else:
                     cache.delete(key)
         for key in set(records) - data_keys:
@@ -162,10 +168,8 @@ class ChunkStore:
     async def close(self) -> None:
         if self._flush_task is not None:
             self._flush_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
-            except asyncio.CancelledError:
-                pass
             self._flush_task = None
         if self._cache is not None:
             await self._flush_access()
@@ -216,7 +220,7 @@ class ChunkStore:
         try:
             # Opening a file whose inode is in the page cache takes microseconds; an executor
             # hop would cost more than the open on the hit path.
-            file = open(record.path, "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+            file = open(record.path, "rb", buffering=0)  # noqa: SIM115, ASYNC230 - caller closes
         except OSError:
             await self._forget(key, "value file missing")
             return None

@@ -27,7 +27,9 @@ def parse_size(text: str) -> int:
     """
     match = _SIZE_RE.fullmatch(text.strip())
     if not match or match.group(2) not in _SIZE_UNITS:
-        raise ValueError(f"bad size {text!r}: expected a whole number and one of B, KiB, MiB, GiB, TiB")
+        raise ValueError(
+            f"bad size {text!r}: expected a whole number and one of B, KiB, MiB, GiB, TiB"
+        )
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 

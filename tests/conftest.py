@@ -117,7 +117,7 @@ class ProcessService:
         self.log_path = config_path.with_suffix(".log")
 
     async def start(self, timeout: float = 20.0) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "isocache", "serve", "--config", str(self.config_path)],
             stdout=log,
@@ -129,7 +129,11 @@ class ProcessService:
         while time.monotonic() < deadline:
             text = self.log_path.read_text(errors="replace")
             marker = text.rfind("listening on ")
-            if marker >= 0 and self.proc.poll() is None and text.count("listening on ") > self._starts:
+            if (
+                marker >= 0
+                and self.proc.poll() is None
+                and text.count("listening on ") > self._starts
+            ):
                 self.url = text[marker + len("listening on ") :].split()[0]
                 self._starts += 1
                 return
@@ -157,4 +161,4 @@ class ProcessService:
             self.proc.wait()
 
 
-__all__ = ["CHUNK", "MiB", "KiB", "ProcessService", "config_text", "fetch", "generate_image"]
+__all__ = ["CHUNK", "KiB", "MiB", "ProcessService", "config_text", "fetch", "generate_image"]

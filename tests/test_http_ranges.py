@@ -56,8 +56,11 @@ async def start(origin: OriginServer, make_service: MakeService, sendfile: bool,
 
 @pytest.mark.parametrize("warm", [False, True], ids=["miss", "hit"])
 async def test_range_table(
-    origin: OriginServer, make_service: MakeService, client: aiohttp.ClientSession,
-    sendfile: bool, warm: bool,
+    origin: OriginServer,
+    make_service: MakeService,
+    client: aiohttp.ClientSession,
+    sendfile: bool,
+    warm: bool,
 ) -> None:
     data = generate_image(SIZE, seed=1)
     service = await start(origin, make_service, sendfile, data)
@@ -76,8 +79,11 @@ async def test_range_table(
 
 @pytest.mark.parametrize("warm", [False, True], ids=["miss", "hit"])
 async def test_random_ranges_are_byte_exact(
-    origin: OriginServer, make_service: MakeService, client: aiohttp.ClientSession,
-    sendfile: bool, warm: bool,
+    origin: OriginServer,
+    make_service: MakeService,
+    client: aiohttp.ClientSession,
+    sendfile: bool,
+    warm: bool,
 ) -> None:
     data = generate_image(SIZE, seed=2)
     service = await start(origin, make_service, sendfile, data)
@@ -89,7 +95,9 @@ async def test_random_ranges_are_byte_exact(
         kind = rng.random()
         if kind < 0.6:
             first = rng.randrange(SIZE)
-            last = min(SIZE + 50, first + rng.choice([0, 1, CHUNK - 1, CHUNK, rng.randrange(4 * CHUNK)]))
+            last = min(
+                SIZE + 50, first + rng.choice([0, 1, CHUNK - 1, CHUNK, rng.randrange(4 * CHUNK)])
+            )
             header = f"bytes={first}-{last}"
         elif kind < 0.8:
             header = f"bytes=-{rng.randrange(1, 3 * CHUNK)}"

@@ -15,7 +15,9 @@ from tests.conftest import CHUNK, MakeService, fetch
 SIZE = 6 * CHUNK + 99
 
 
-async def serve(origin: OriginServer, make_service: MakeService, **kwargs: object) -> tuple[Service, str, bytes]:
+async def serve(
+    origin: OriginServer, make_service: MakeService, **kwargs: object
+) -> tuple[Service, str, bytes]:
     data = generate_image(SIZE, seed=30)
     origin.add_file("img.raw", data)
     service = await make_service(origin.url, images={"img": "img.raw"}, **kwargs)
@@ -58,7 +60,9 @@ async def test_origin_down_is_502_and_cached_bytes_still_served(
     status, _, body = await fetch(client, url, {"Range": "bytes=0-99"})
     assert (status, body) == (206, data[:100])
     # Not cached: the origin cannot be reached.
-    status, headers, body = await fetch(client, url, {"Range": f"bytes={3 * CHUNK}-{3 * CHUNK + 9}"})
+    status, headers, body = await fetch(
+        client, url, {"Range": f"bytes={3 * CHUNK}-{3 * CHUNK + 9}"}
+    )
     assert status == 502
     assert headers["Content-Type"].startswith("application/json")
     assert b"origin_unavailable" in body

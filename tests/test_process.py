@@ -99,7 +99,7 @@ async def test_ready_healthz_and_sigterm_within_10s(
 ) -> None:
     await proc.start()
     assert "listening on http://127.0.0.1:" in proc.log_path.read_text()
-    status, _, body = await fetch(client, proc.url + "healthz")
+    status, _, _ = await fetch(client, proc.url + "healthz")
     assert status == 200
     started = time.monotonic()
     assert await proc.stop(signal.SIGTERM) == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.origin import OriginServer, generate_image
-from tests.conftest import MiB, MakeService
+from tests.conftest import MakeService, MiB
 
 pytestmark = pytest.mark.skipif(
     shutil.which("qemu-img") is None or shutil.which("qemu-io") is None,
@@ -29,8 +29,14 @@ QEMU_ENV = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy
 
 async def run(*args: str, timeout: int = 60) -> tuple[int, bytes, bytes]:
     proc = await asyncio.create_subprocess_exec(
-        "timeout", "-k", "5", str(timeout), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=QEMU_ENV,
+        "timeout",
+        "-k",
+        "5",
+        str(timeout),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=QEMU_ENV,
     )
     out, err = await proc.communicate()
     assert proc.returncode is not None
@@ -56,11 +62,24 @@ async def test_qemu_img_convert_is_exact(
 ) -> None:
     expected = hashlib.sha256(generate_image(SIZE, seed=50)).hexdigest()
     if warm:
-        code, _, err = await run("qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "raw", image_url, str(tmp_path / "first.raw"))
+        code, _, err = await run(
+            "qemu-img",
+            "convert",
+            "-m",
+            "1",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            image_url,
+            str(tmp_path / "first.raw"),
+        )
         assert code == 0, err.decode()
         origin.reset_log()
     out = tmp_path / "out.raw"
-    code, _, err = await run("qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "raw", image_url, str(out))
+    code, _, err = await run(
+        "qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "raw", image_url, str(out)
+    )
     assert code == 0, err.decode()
     assert hashlib.sha256(out.read_bytes()).hexdigest() == expected
     if warm:
@@ -71,7 +90,13 @@ async def test_qemu_img_convert_is_exact(
 
 async def test_qemu_io_reads_at_odd_offsets(image_url: str) -> None:
     data = generate_image(SIZE, seed=50)
-    offsets = [(0, 512), (511, 1025), (MiB - 7, 4099), (3 * MiB + 333, 2 * MiB + 1), (SIZE - 1000, 1000)]
+    offsets = [
+        (0, 512),
+        (511, 1025),
+        (MiB - 7, 4099),
+        (3 * MiB + 333, 2 * MiB + 1),
+        (SIZE - 1000, 1000),
+    ]
     for offset, length in offsets:
         for _ in range(2):  # cold, then warm
             code, out, err = await run(

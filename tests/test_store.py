@@ -24,7 +24,9 @@ async def open_store(path: Path, **kwargs: int) -> ChunkStore:
     return store
 
 
-async def read_all(store: ChunkStore, identity: str, index: int, length: int = CHUNK) -> bytes | None:
+async def read_all(
+    store: ChunkStore, identity: str, index: int, length: int = CHUNK
+) -> bytes | None:
     source = await store.open_chunk(identity, index, length)
     if source is None or isinstance(source, bytes):
         return source

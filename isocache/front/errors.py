@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from isocache.errors import IsocacheError, RangeNotSatisfiable
 from isocache.ranges import unsatisfied_content_range
@@ -16,19 +17,24 @@ from isocache.ranges import unsatisfied_content_range
 log = logging.getLogger(__name__)
 
 
-def json_error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> web.Response:
+def json_error(
+    status: int, error: str, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
     response = web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
     return response
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except RangeNotSatisfiable as exc:
         # RFC 9110 15.5.17: a 416 carries the current length.
         return json_error(
-            exc.status, exc.error, exc.detail, {"Content-Range": unsatisfied_content_range(exc.size)}
+            exc.status,
+            exc.error,
+            exc.detail,
+            {"Content-Range": unsatisfied_content_range(exc.size)},
         )
     except IsocacheError as exc:
         return json_error(exc.status, exc.error, exc.detail)

@@ -173,9 +173,7 @@ class ImageHandlers:
             if framing:
                 await response.write(framing[-1])
         except IsocacheError as exc:
-            log.warning(
-                "response-aborted url=%s error=%s", redact_url(version.ref.url), exc.detail
-            )
+            log.warning("response-aborted url=%s error=%s", redact_url(version.ref.url), exc.detail)
             if request.transport is not None:
                 request.transport.abort()
             return response
@@ -184,7 +182,9 @@ class ImageHandlers:
         await response.write_eof()
         return response
 
-    async def _send_piece(self, request: web.Request, response: web.StreamResponse, piece: Piece) -> None:
+    async def _send_piece(
+        self, request: web.Request, response: web.StreamResponse, piece: Piece
+    ) -> None:
         source = piece.source
         if isinstance(source, bytes):
             await response.write(memoryview(source)[piece.offset : piece.offset + piece.length])
@@ -234,4 +234,3 @@ class ImageHandlers:
 
 def _pread(source: BinaryIO, offset: int, length: int) -> bytes:
     return os.pread(source.fileno(), length, offset)
-

@@ -1,1 +1,4 @@
-"""Origin backends: where image bytes come from. Only modules in this package import origin client libraries."""
+"""Origin backends: where image bytes come from.
+
+Only modules in this package import origin client libraries.
+"""

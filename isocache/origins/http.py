@@ -109,7 +109,9 @@ class HttpOrigin:
                     method, URL(target, encoded=True), headers=headers, allow_redirects=False
                 ) as resp:
                     if resp.status in _REDIRECTS and "Location" in resp.headers:
-                        next_url = str(URL(target, encoded=True).join(URL(resp.headers["Location"])))
+                        next_url = str(
+                            URL(target, encoded=True).join(URL(resp.headers["Location"]))
+                        )
                         if not self._is_allowed(next_url):
                             raise OriginProtocolError(
                                 f"{redact_url(target)} redirects to {redact_url(next_url)}, "
@@ -125,13 +127,15 @@ class HttpOrigin:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise OriginTimeout(f"timed out talking to {redact_url(target)}") from exc
         except aiohttp.ClientConnectorError as exc:
-            raise OriginUnavailable(f"cannot connect to {redact_url(target)}: {exc.os_error}") from exc
+            raise OriginUnavailable(
+                f"cannot connect to {redact_url(target)}: {exc.os_error}"
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise OriginUnavailable(
                 f"connection to {redact_url(target)} failed: {type(exc).__name__}"
             ) from exc
 
-    def _status_error(self, url: str, status: int) -> OriginError:
+    def _status_error(self, url: str, status: int) -> OriginError | ImageNotFound:
         if status in (404, 410):
             return ImageNotFound(f"origin has no {redact_url(url)} (HTTP {status})")
         if status in (401, 403):
@@ -165,12 +169,16 @@ class HttpOrigin:
             if resp.status == 206:
                 parsed = _parse_content_range(resp.headers.get("Content-Range"))
                 if parsed is None or parsed[2] is None:
-                    raise OriginProtocolError(f"bad Content-Range from origin for {redact_url(url)}")
+                    raise OriginProtocolError(
+                        f"bad Content-Range from origin for {redact_url(url)}"
+                    )
                 return self._meta(resp, parsed[2])
             if resp.status == 200 and _content_length(resp) is not None:
                 return self._meta(resp, _content_length(resp))
             if resp.status == 416:
-                parsed = _parse_content_range(resp.headers.get("Content-Range", "").replace("*", "0-0", 1))
+                parsed = _parse_content_range(
+                    resp.headers.get("Content-Range", "").replace("*", "0-0", 1)
+                )
                 return self._meta(resp, parsed[2] if parsed and parsed[2] is not None else 0)
             raise self._status_error(url, resp.status)
 
@@ -203,7 +211,9 @@ class HttpOrigin:
                     raise
                 log.info(
                     "origin-retry op=read url=%s position=%d error=%s",
-                    redact_url(url), position, exc.detail,
+                    redact_url(url),
+                    position,
+                    exc.detail,
                 )
                 await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
                 attempt += 1
@@ -219,9 +229,16 @@ class HttpOrigin:
     def _check_version(self, url: str, meta: OriginMeta, resp: aiohttp.ClientResponse) -> None:
         etag = resp.headers.get("ETag")
         if meta.etag and etag and etag != meta.etag:
-            raise OriginChanged(f"{redact_url(url)} changed at the origin (ETag {etag} != {meta.etag})")
+            raise OriginChanged(
+                f"{redact_url(url)} changed at the origin (ETag {etag} != {meta.etag})"
+            )
         modified = resp.headers.get("Last-Modified")
-        if not meta.strong_etag and meta.last_modified and modified and modified != meta.last_modified:
+        if (
+            not meta.strong_etag
+            and meta.last_modified
+            and modified
+            and modified != meta.last_modified
+        ):
             raise OriginChanged(f"{redact_url(url)} changed at the origin (Last-Modified differs)")
 
     async def _read_once(
