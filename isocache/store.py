@@ -83,6 +83,7 @@ class ChunkStore:
         self._touched: set[str] = set()
         self._bytes_used = 0  # chunks in the index
         self._bytes_reserved = 0  # chunks being written
+        self._room_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._low_space_logged = False
 
@@ -256,9 +257,8 @@ class ChunkStore:
         if key in self._index or self._cache is None:
             return key in self._index
         length = len(data)
-        if not await self._make_room(length):
+        if not await self._reserve(length):
             return False
-        self._bytes_reserved += length
         try:
             record = await self._run(self._write_blocking, key, identity, data)
         finally:
@@ -295,11 +295,20 @@ class ChunkStore:
             return None
         return ChunkRecord(len(data), crc, path, now, True)
 
-    async def _make_room(self, length: int) -> bool:
-        """Evict so that `length` more bytes fit within size_limit, writes in progress included."""
-        if self._bytes_used + self._bytes_reserved + length <= self.size_limit:
+    async def _reserve(self, length: int) -> bool:
+        """Reserve room for a write of `length` bytes, evicting LRU chunks first if needed.
+
+        Under the lock, so that the files of evicted chunks are gone before another write
+        can take their room: disk use never exceeds size_limit by more than the writes that
+        were reserved within it.
+        """
+        async with self._room_lock:
+            if self._bytes_used + self._bytes_reserved + length > self.size_limit:
+                target = self.size_limit - self._bytes_reserved - length
+                if not await self._evict_to(target):
+                    return False
+            self._bytes_reserved += length
             return True
-        return await self._evict_to(self.size_limit - self._bytes_reserved - length)
 
     async def _evict_to(self, target: int) -> bool:
         """Evict least recently used unpinned chunks until at most `target` bytes are stored."""

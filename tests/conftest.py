@@ -49,6 +49,7 @@ def config_text(
     revalidate: str = "60s",
     sendfile: bool = True,
     keepalive: str = "auto",
+    readahead: str = "8MiB",
     extra: str = "",
 ) -> str:
     lines = [
@@ -64,6 +65,7 @@ def config_text(
         "[fetch]",
         'connect_timeout = "2s"',
         'read_timeout = "2s"',
+        f'readahead = "{readahead}"',
         "[origins.test]",
         f'url = "{origin_url}"',
     ]

@@ -1,0 +1,142 @@
+"""Keep-alive policy, readahead, streaming, size limit and pins, seen through the real service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bench.origin import OriginServer, generate_image
+from tests.conftest import CHUNK, MakeService, fetch
+
+
+async def raw_exchange(port: int, headers: str) -> bytes:
+    """One GET on a raw socket; returns the response head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET /images/img HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n{headers}\r\n".encode()
+        )
+        await writer.drain()
+        return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("mode", "agent", "closes"),
+    [
+        ("auto", None, True),  # qemu sends no User-Agent
+        ("auto", "curl/7.88", False),
+        ("never", "curl/7.88", True),
+        ("always", None, False),
+    ],
+)
+async def test_keepalive_policy(
+    origin: OriginServer, make_service: MakeService, mode: str, agent: str | None, closes: bool
+) -> None:
+    origin.add_file("img.raw", generate_image(1000, seed=60))
+    service = await make_service(origin.url, images={"img": "img.raw"}, keepalive=mode)
+    head = await raw_exchange(service.port, f"User-Agent: {agent}\r\n" if agent else "")
+    assert head.startswith(b"HTTP/1.1 206")
+    assert (b"Connection: close" in head) is closes
+
+
+async def test_random_read_does_not_trigger_readahead_sequential_does(
+    origin: OriginServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    size = 64 * CHUNK
+    data = generate_image(size, seed=61)
+    origin.add_file("img.raw", data)
+    service = await make_service(origin.url, images={"img": "img.raw"}, readahead="512KiB")
+    url = service.url + "images/img"
+    assert (await fetch(client, url, {"Range": "bytes=1000000-1000099"}))[2] == data[
+        1000000:1000100
+    ]
+    assert [e.range for e in origin.requests("img.raw", "GET")] == ["bytes=983040-1048575"]
+    origin.reset_log()
+    # Two consecutive reads, overlapping like qemu's: the second continues the first.
+    step = 2 * CHUNK
+    for offset in (0, step):
+        status, _, body = await fetch(
+            client, url, {"Range": f"bytes={offset}-{offset + step + 1000}"}
+        )
+        assert (status, body) == (206, data[offset : offset + step + 1001])
+    deadline = asyncio.get_running_loop().time() + 10
+    while origin.body_bytes() < 2 * step + 8 * CHUNK:  # the readahead window arrives
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    fetched = sorted(
+        int(e.range.split("=")[1].split("-")[0]) // CHUNK
+        for e in origin.requests("img.raw", "GET")
+        if e.range
+    )
+    assert max(fetched) >= 5  # chunks past what the client asked for
+    origin.reset_log()
+    status, _, body = await fetch(client, url, {"Range": f"bytes={2 * step}-{3 * step}"})
+    assert (status, body) == (206, data[2 * step : 3 * step + 1])
+    assert origin.body_bytes() <= CHUNK  # already there: readahead paid off
+
+
+async def test_whole_image_get_streams_before_the_image_is_fetched(
+    origin: OriginServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    size = 200 * CHUNK  # 12.5 MiB, above the gather limit
+    data = generate_image(size, seed=62)
+    origin.add_file("big.raw", data)
+    origin.per_connection_rate = 2_000_000
+    service = await make_service(origin.url, images={"big": "big.raw"}, readahead="1MiB")
+    async with client.get(service.url + "images/big") as resp:
+        assert resp.status == 200
+        first = await resp.content.readexactly(CHUNK)
+        assert first == data[:CHUNK]
+        assert origin.body_bytes() < size / 2  # the client had bytes long before the end
+        origin.per_connection_rate = None
+        rest = await resp.read()
+    assert first + rest == data
+
+
+async def disk_bytes(directory: Path) -> int:
+    """Bytes of chunk files on disk (eviction may delete files while we walk)."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            if name.endswith(".val"):
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(root, name)).st_size
+    return total
+
+
+async def test_size_limit_and_pins_under_eviction_pressure(
+    origin: OriginServer, make_service: MakeService, client: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    size = 40 * CHUNK  # 2.5 MiB each; the cache holds 4 MiB
+    images = {f"i{n}": generate_image(size, seed=70 + n) for n in range(4)}
+    for name, data in images.items():
+        origin.add_file(f"{name}.raw", data)
+    extra = "".join(
+        f'[images.{name}]\nurl = "{origin.url}{name}.raw"\n'
+        + ("pin = true\n" if name == "i0" else "")
+        for name in images
+    )
+    cache_dir = tmp_path / "cache"
+    service = await make_service(origin.url, cache_dir=cache_dir, size_limit="4MiB", extra=extra)
+    limit = 4 * 1024 * 1024
+    for _ in range(2):
+        for name, data in images.items():
+            status, _, body = await fetch(client, service.url + f"images/{name}")
+            assert (status, body) == (200, data)
+            assert service.store.bytes_used <= limit
+            assert await disk_bytes(cache_dir) <= limit + 4 * CHUNK
+    origin.reset_log()
+    status, _, body = await fetch(client, service.url + "images/i0")
+    assert (status, body) == (200, images["i0"])
+    assert origin.body_bytes() == 0  # pinned: never evicted
+    status, _, body = await fetch(client, service.url + "images/i1")
+    assert (status, body) == (200, images["i1"])
+    assert origin.body_bytes() > 0  # unpinned: evicted by the others, fetched again
