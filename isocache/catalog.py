@@ -7,13 +7,12 @@ configured origin or is a configured image's URL.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 from isocache.config import Config
 from isocache.errors import BadPath, ImageNotFound
 from isocache.image import ImageRef
-from isocache.origins.base import Origin
+from isocache.origins.registry import Backends
 
 # Characters left unescaped when a decoded path segment is put back into an origin URL
 # (RFC 3986 pchar minus "%"): everything else is percent-encoded again.
@@ -29,31 +28,29 @@ def _normalise(url: str) -> str:
 class Catalog:
     """Immutable after construction; safe to share."""
 
-    def __init__(self, config: Config, backends: Mapping[str, Origin]) -> None:
+    def __init__(self, config: Config, backends: Backends) -> None:
         self._backends = backends
         self._origins = {name: o.url for name, o in config.origins.items()}
         self._prefixes = tuple(_normalise(url) for url in self._origins.values())
         self._images: dict[str, ImageRef] = {}
         for name, image in config.images.items():
+            origin_name = self._origin_of(image.url)
             self._images[name] = ImageRef(
                 url=image.url,
-                origin=self._backend(image.url),
-                origin_label=self._label(image.url),
+                origin=backends.for_origin(origin_name),
+                origin_label=origin_name or _IMAGES_LABEL,
                 name=name,
                 sha256=image.sha256,
                 pinned=image.pin,
             )
         self._image_urls = frozenset(_normalise(ref.url) for ref in self._images.values())
 
-    def _backend(self, url: str) -> Origin:
-        return self._backends[urlsplit(url).scheme.lower()]
-
-    def _label(self, url: str) -> str:
+    def _origin_of(self, url: str) -> str | None:
         normal = _normalise(url)
         for name, prefix in self._origins.items():
             if normal.startswith(_normalise(prefix)):
                 return name
-        return _IMAGES_LABEL
+        return None
 
     def is_allowed(self, url: str) -> bool:
         """True when `url` lies under a configured origin or is a configured image URL."""
@@ -94,4 +91,4 @@ class Catalog:
                 raise BadPath("path segment holds '/', '\\' or a control character")
             segments.append(quote(segment, safe=_SEGMENT_SAFE))
         url = base + "/".join(segments)
-        return ImageRef(url=url, origin=self._backend(url), origin_label=origin)
+        return ImageRef(url=url, origin=self._backends.for_origin(origin), origin_label=origin)

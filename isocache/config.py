@@ -16,7 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from isocache.units import MiB, parse_duration, parse_size
 
-SUPPORTED_SCHEMES = frozenset({"http", "https"})
+SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3"})
+_ADDRESSING = ("path", "virtual")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
@@ -68,8 +69,26 @@ class FetchConfig:
 
 @dataclass(frozen=True)
 class OriginConfig:
+    """One origin tree. Credentials are kept here only; never log or list this object."""
+
     name: str
     url: str
+    # FTP(S): the user (else the one in the URL, else anonymous) and its password.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # S3: endpoint (None: AWS), region, credentials (else profile, else the AWS chain).
+    endpoint_url: str | None = None
+    region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = field(default=None, repr=False)
+    profile: str | None = None
+    addressing: str = "path"
+    # Most FTP servers limit sessions per user; S3 and HTTP use fetch.max_connections.
+    max_sessions: int = 4
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme.lower()
 
 
 @dataclass(frozen=True)
@@ -204,13 +223,23 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path | None = None
     admin = _admin(_Table(source, "admin", data.get("admin", {})), base_dir)
     fetch = _fetch(_Table(source, "fetch", data.get("fetch", {})))
     origins = {
-        name: _origin(name, table)
+        name: _origin(name, table, base_dir)
         for name, table in _named_tables(source, "origins", data.get("origins", {}))
     }
     images = {
         name: _image(name, table)
         for name, table in _named_tables(source, "images", data.get("images", {}))
     }
+    for name, image in images.items():
+        scheme = urlsplit(image.url).scheme.lower()
+        if scheme not in ("http", "https") and not any(
+            image.url.startswith(origin.url) for origin in origins.values()
+        ):
+            raise ConfigError(
+                source,
+                f"images.{name}.url",
+                f"{scheme} images must lie under a configured origin, which holds the credentials",
+            )
     return Config(source, server, cache, admin, fetch, origins, images)
 
 
@@ -256,13 +285,7 @@ def _admin(table: _Table, base_dir: Path | None) -> AdminConfig:
     if token is not None and token_file is not None:
         raise table.error("token_file", "set token or token_file, not both")
     if token_file is not None:
-        path = Path(token_file).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise table.error("token_file", f"cannot read {path}: {exc.strerror}") from None
+        token = _read_secret(table, "token_file", token_file, base_dir)
     if token is not None and not token:
         raise table.error("token", "must not be empty")
     return AdminConfig(token)
@@ -320,10 +343,54 @@ def _url(table: _Table, *, origin: bool) -> str:
     return url
 
 
-def _origin(name: str, table: _Table) -> OriginConfig:
+def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     url = _url(table, origin=True)
+    scheme = urlsplit(url).scheme.lower()
+    config = OriginConfig(name, url)
+    if scheme in ("ftp", "ftps"):
+        password = table.get("password", str, "a string")
+        password_file = table.get("password_file", str, "a path")
+        if password is not None and password_file is not None:
+            raise table.error("password_file", "set password or password_file, not both")
+        if password_file is not None:
+            password = _read_secret(table, "password_file", password_file, base_dir)
+        config = OriginConfig(
+            name,
+            url,
+            username=table.get("username", str, "a string"),
+            password=password,
+            max_sessions=table.integer("max_sessions", 4, 1, 64),
+        )
+    elif scheme == "s3":
+        endpoint = table.get("endpoint_url", str, "a URL string")
+        if endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+            raise table.error("endpoint_url", "expected an http:// or https:// URL")
+        key_id = table.get("aws_access_key_id", str, "a string")
+        secret = table.get("aws_secret_access_key", str, "a string")
+        if (key_id is None) != (secret is None):
+            raise table.error("aws_secret_access_key", "set both keys or neither")
+        config = OriginConfig(
+            name,
+            url,
+            endpoint_url=endpoint,
+            region=table.get("region", str, "a string"),
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            profile=table.get("profile", str, "a string"),
+            addressing=table.choice("addressing", "path", _ADDRESSING),
+        )
     table.finish()
-    return OriginConfig(name, url)
+    return config
+
+
+def _read_secret(table: _Table, key: str, text: str, base_dir: Path | None) -> str:
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise table.error(key, f"cannot read {path}: {exc.strerror}") from None
 
 
 def _image(name: str, table: _Table) -> ImageConfig:

@@ -17,8 +17,7 @@ from isocache.fill import Filler
 from isocache.front.app import build_app
 from isocache.front.images import FrontSettings, ImageHandlers
 from isocache.metrics import Metrics
-from isocache.origins.base import Origin
-from isocache.origins.http import HttpOrigin
+from isocache.origins.registry import Backends
 from isocache.reader import Reader
 from isocache.resolver import Resolver
 from isocache.store import ChunkStore
@@ -42,7 +41,7 @@ class Service:
             chunk_size=cache.chunk_size,
             on_evict=self.metrics.evictions.inc,
         )
-        self._backends: dict[str, Origin] = {}
+        self._backends: Backends | None = None
         self.catalog: Catalog | None = None
         self.filler: Filler | None = None
         self._runner: web.AppRunner | None = None
@@ -58,14 +57,9 @@ class Service:
         config = self.config
         await self.store.open()
         self.metrics.cache_bytes.set(self.store.bytes_used)
-        http = HttpOrigin(
-            is_allowed=lambda url: self.catalog is not None and self.catalog.is_allowed(url),
-            connect_timeout=config.fetch.connect_timeout,
-            read_timeout=config.fetch.read_timeout,
-            retries=config.fetch.retries,
-            max_connections=config.fetch.max_connections,
+        self._backends = Backends(
+            config, lambda url: self.catalog is not None and self.catalog.is_allowed(url)
         )
-        self._backends = {"http": http, "https": http}
         self.catalog = Catalog(config, self._backends)
         resolver = Resolver(self.store, self.metrics, revalidate=config.cache.revalidate)
         await self._pin_known(resolver)
@@ -112,8 +106,8 @@ class Service:
             self._runner = None
         if self.filler is not None:
             await self.filler.close()
-        for backend in {id(b): b for b in self._backends.values()}.values():
-            await backend.close()
+        if self._backends is not None:
+            await self._backends.close()
         await self.store.close()
         log.info("stopped")
 

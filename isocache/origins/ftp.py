@@ -1,0 +1,230 @@
+"""FTP and FTPS (explicit TLS) origin backend on aioftp, with a bounded session pool.
+
+Size from SIZE, validator from MDTM + size; ranged reads with REST + RETR, aborted (ABOR)
+once the needed bytes are in. Credentials go only to the configured host and port.
+Maps aioftp's exceptions to isocache.errors here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from urllib.parse import unquote, urlsplit
+
+import aioftp
+
+from isocache.config import OriginConfig, redact_url
+from isocache.errors import (
+    ImageNotFound,
+    OriginChanged,
+    OriginError,
+    OriginProtocolError,
+    OriginTimeout,
+    OriginUnavailable,
+)
+from isocache.origins.base import OriginMeta
+
+log = logging.getLogger(__name__)
+
+_BACKOFF = (0.05, 0.2, 0.5, 1.0)
+_READ_PIECE = 256 * 1024
+
+
+class FtpOrigin:
+    """One configured FTP(S) origin. Use on the event loop."""
+
+    def __init__(
+        self,
+        config: OriginConfig,
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 4.0,
+        retries: int = 3,
+    ) -> None:
+        parts = urlsplit(config.url)
+        self._tls = parts.scheme.lower() == "ftps"
+        self._host = parts.hostname or ""
+        self._port = parts.port or 21
+        self._user = config.username or (unquote(parts.username) if parts.username else "anonymous")
+        self._password = config.password or (
+            unquote(parts.password) if parts.password else "anonymous@"
+        )
+        self._label = redact_url(config.url)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._retries = retries
+        self._sessions = asyncio.Semaphore(config.max_sessions)
+        self._idle: list[aioftp.Client] = []
+        self._spent: set[aioftp.Client] = set()  # sessions that must not go back to the pool
+
+    def __repr__(self) -> str:
+        return f"<FtpOrigin {self._label} idle={len(self._idle)}>"
+
+    def _path(self, url: str) -> str:
+        parts = urlsplit(url)
+        if (parts.hostname, parts.port or 21) != (self._host, self._port):
+            # Credentials belong to the configured host: never log in anywhere else.
+            raise OriginProtocolError(f"{redact_url(url)} is not on {self._label}")
+        return unquote(parts.path)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            await self._discard(client, polite=True)
+
+    @staticmethod
+    async def _discard(client: aioftp.Client, *, polite: bool = False) -> None:
+        if polite:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.quit(), 1.0)
+        client.close()
+
+    async def _login(self) -> aioftp.Client:
+        client = aioftp.Client(
+            socket_timeout=self._read_timeout,
+            connection_timeout=self._connect_timeout,
+            encoding="utf-8",
+        )
+        try:
+            await client.connect(self._host, self._port)
+            if self._tls:
+                await client.upgrade_to_tls(ssl.create_default_context())
+            await client.login(self._user, self._password)
+            # Binary mode: SIZE is refused (or wrong) in ASCII mode, and RETR must not
+            # translate line ends.
+            await client.command("TYPE I", "200")
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[aioftp.Client]:
+        """A logged-in session from the pool; returned to it only if nothing went wrong."""
+        async with self._sessions:
+            client = self._idle.pop() if self._idle else None
+            try:
+                if client is None:
+                    client = await self._login()
+                yield client
+            except BaseException:
+                if client is not None:
+                    self._spent.discard(client)
+                    client.close()
+                raise
+            if client in self._spent:
+                self._spent.discard(client)
+                client.close()
+            else:
+                self._idle.append(client)
+
+    @contextlib.asynccontextmanager
+    async def _mapped(self, url: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except OriginError:
+            raise
+        except aioftp.StatusCodeError as exc:
+            received = str(exc.received_codes[-1]) if exc.received_codes else ""
+            if received == "550":
+                raise ImageNotFound(f"origin has no {redact_url(url)} (FTP 550)") from exc
+            if received.startswith("53"):
+                raise OriginError(f"{self._label} refused the login (FTP {received})") from exc
+            if received.startswith("4"):
+                raise OriginUnavailable(f"{self._label} answered FTP {received}") from exc
+            raise OriginProtocolError(f"{self._label} answered FTP {received}") from exc
+        except TimeoutError as exc:
+            raise OriginTimeout(f"timed out talking to {self._label}") from exc
+        except (OSError, ConnectionError, aioftp.AIOFTPException, ssl.SSLError) as exc:
+            raise OriginUnavailable(
+                f"connection to {self._label} failed: {type(exc).__name__}"
+            ) from exc
+
+    async def _meta(self, client: aioftp.Client, path: str) -> OriginMeta:
+        _, size_info = await client.command(f"SIZE {path}", "213")
+        size_text = size_info[0].strip().split()[-1]
+        if not size_text.isascii() or not size_text.isdigit():
+            raise OriginProtocolError(f"{self._label} answered SIZE with {size_text[:40]!r}")
+        modified = None
+        with contextlib.suppress(aioftp.StatusCodeError):
+            _, mdtm_info = await client.command(f"MDTM {path}", "213")
+            stamp = mdtm_info[0].strip().split()[-1][:14]
+            when = datetime.strptime(stamp, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+            modified = format_datetime(when, usegmt=True)
+        return OriginMeta(size=int(size_text), etag=None, last_modified=modified)
+
+    async def stat(self, url: str) -> OriginMeta:
+        path = self._path(url)
+        attempt = 0
+        while True:
+            try:
+                async with self._mapped(url), self._session() as client:
+                    return await self._meta(client, path)
+            except OriginError as exc:
+                if not exc.retryable or isinstance(exc, OriginTimeout) or attempt >= self._retries:
+                    raise
+                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
+
+    async def read(
+        self, url: str, meta: OriginMeta, offset: int, length: int
+    ) -> AsyncIterator[bytes]:
+        path = self._path(url)
+        position, stop = offset, offset + length
+        attempt = 0
+        while position < stop:
+            try:
+                async with self._mapped(url), self._session() as client:
+                    # FTP has no conditional GET: check the version on the same session first.
+                    if await self._meta(client, path) != meta:
+                        raise OriginChanged(f"{redact_url(url)} changed at the origin")
+                    to_end = stop == meta.size
+                    async for data in self._retrieve(
+                        client, path, position, stop - position, to_end
+                    ):
+                        position += len(data)
+                        attempt = 0
+                        yield data
+            except OriginError as exc:
+                if not exc.retryable or isinstance(exc, OriginTimeout) or attempt >= self._retries:
+                    raise
+                log.info(
+                    "origin-retry op=read url=%s position=%d error=%s",
+                    redact_url(url),
+                    position,
+                    exc.detail,
+                )
+                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                attempt += 1
+
+    async def _retrieve(
+        self, client: aioftp.Client, path: str, offset: int, want: int, to_end: bool
+    ) -> AsyncIterator[bytes]:
+        """Yield `want` bytes from `offset`. Reading up to the end of the file lets the
+        transfer finish (226) and keeps the session; stopping short closes the data
+        connection and spends the session: after an ABOR, servers differ in which replies
+        (426, 225, 226) come back in which order, and a misread reply would desynchronise
+        every later command on that session."""
+        stream = await client.download_stream(path, offset=offset)
+        try:
+            while want:
+                data = await stream.read(min(want, _READ_PIECE))
+                if not data:
+                    raise OriginUnavailable("FTP data connection ended early")
+                data = data[:want]
+                want -= len(data)
+                yield data
+            if to_end:
+                await stream.finish()
+                return
+        except BaseException:
+            self._spent.add(client)
+            raise
+        finally:
+            stream.close()
+        self._spent.add(client)

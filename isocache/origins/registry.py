@@ -1,0 +1,51 @@
+"""Builds one backend per configured origin (HTTP origins share one pooled client) and finds
+the backend of a URL. The only place that knows which class serves which scheme."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from isocache.config import Config
+from isocache.origins.base import Origin
+from isocache.origins.ftp import FtpOrigin
+from isocache.origins.http import HttpOrigin
+from isocache.origins.s3 import S3Origin
+
+
+class Backends:
+    def __init__(self, config: Config, is_allowed: Callable[[str], bool]) -> None:
+        fetch = config.fetch
+        connect, read, retries = fetch.connect_timeout, fetch.read_timeout, fetch.retries
+        self.http = HttpOrigin(
+            is_allowed=is_allowed,
+            connect_timeout=connect,
+            read_timeout=read,
+            retries=retries,
+            max_connections=fetch.max_connections,
+        )
+        self._by_origin: dict[str, Origin] = {}
+        for name, origin in config.origins.items():
+            if origin.scheme in ("ftp", "ftps"):
+                self._by_origin[name] = FtpOrigin(
+                    origin, connect_timeout=connect, read_timeout=read, retries=retries
+                )
+            elif origin.scheme == "s3":
+                self._by_origin[name] = S3Origin(
+                    origin,
+                    connect_timeout=connect,
+                    read_timeout=read,
+                    retries=retries,
+                    max_connections=fetch.max_connections,
+                )
+            else:
+                self._by_origin[name] = self.http
+
+    def for_origin(self, name: str | None) -> Origin:
+        """The backend of origin `name`; the shared HTTP backend for URLs outside origins."""
+        if name is None:
+            return self.http
+        return self._by_origin[name]
+
+    async def close(self) -> None:
+        for backend in {id(b): b for b in [self.http, *self._by_origin.values()]}.values():
+            await backend.close()

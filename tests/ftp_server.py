@@ -1,0 +1,104 @@
+"""A real FTP server (pyftpdlib) on loopback, in a thread, with a log of commands and of the
+bytes each RETR really sent, and a switch that drops a data connection mid-transfer."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import DTPHandler, FTPHandler
+from pyftpdlib.servers import ThreadedFTPServer
+
+
+@dataclass
+class Retr:
+    path: str
+    offset: int
+    sent: int = 0
+
+
+@dataclass
+class FtpLog:
+    commands: list[tuple[str, str]] = field(default_factory=list)
+    retrs: list[Retr] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    drop_after: int | None = None  # the next RETR's data connection closes after this many bytes
+
+    def bytes_sent(self) -> int:
+        with self.lock:
+            return sum(r.sent for r in self.retrs)
+
+
+class FtpServer:
+    def __init__(self, root: Path, user: str = "iso", password: str = "s3cret-pw") -> None:
+        self.root = root
+        self.user = user
+        self.password = password
+        self.log = FtpLog()
+        log = self.log
+
+        class CountingDTP(DTPHandler):  # type: ignore[misc]
+            retr: Retr | None = None
+
+            def send(self, data: Any) -> int:
+                if self.retr is None:  # the data connection was accepted after RETR
+                    self.retr = getattr(self.cmd_channel, "pending_retr", None)
+                if self.retr is not None and log.drop_after is not None:
+                    room = log.drop_after - self.retr.sent
+                    if room <= 0:
+                        log.drop_after = None
+                        self.close()
+                        return 0
+                    data = data[:room]
+                sent = int(super().send(data))
+                if self.retr is not None:
+                    with log.lock:
+                        self.retr.sent += sent
+                return sent
+
+        class LoggingHandler(FTPHandler):  # type: ignore[misc]
+            dtp_handler = CountingDTP
+
+            def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+                with log.lock:
+                    log.commands.append((cmd, arg if cmd != "PASS" else "***"))
+                super().pre_process_command(line, cmd, arg)
+
+            def ftp_RETR(self, file: str) -> Any:
+                retr = Retr(file, self._restart_position)
+                with log.lock:
+                    log.retrs.append(retr)
+                self.pending_retr = retr
+                if self.data_channel is not None:  # passive mode: usually connected already
+                    self.data_channel.retr = retr
+                return super().ftp_RETR(file)
+
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(user, password, str(root), perm="elr")
+        authorizer.add_anonymous(str(root), perm="elr")
+        LoggingHandler.authorizer = authorizer
+        LoggingHandler.use_sendfile = False  # so CountingDTP.send sees every byte
+        LoggingHandler.auth_failed_timeout = 0.1  # pyftpdlib delays a failed login 3 s
+        LoggingHandler.passive_ports = None
+        LoggingHandler.permit_foreign_addresses = False
+        self.server = ThreadedFTPServer(("127.0.0.1", 0), LoggingHandler)
+        self.port = self.server.address[1]
+        self._thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"timeout": 0.1, "handle_exit": False},
+            daemon=True,
+        )
+
+    def url(self, with_user: bool = True) -> str:
+        user = f"{self.user}@" if with_user else ""
+        return f"ftp://{user}127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.close_all()
+        self._thread.join(5)
