@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import html
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -103,6 +105,7 @@ class OriginServer:
     etag_mode: str = "strong"
     send_last_modified: bool = True
     redirects: dict[str, str] = field(default_factory=dict)
+    autoindex: str = "html"  # listing of a path ending in "/": "html" (nginx style), "json", "none"
     extra_headers: dict[str, str] = field(default_factory=dict)
     log: list[LogEntry] = field(default_factory=list)
 
@@ -251,6 +254,8 @@ class OriginServer:
             await asyncio.sleep(self.latency)
         if path in self.redirects:
             return simple(302, {"Location": self.redirects[path]})
+        if (path == "" or path.endswith("/")) and request.method == "GET":
+            return self._listing(path, log)
         entry = self._files.get(path)
         if request.method == "HEAD":
             if self.fail_head_next > 0:
@@ -302,6 +307,40 @@ class OriginServer:
             await self.stall.wait()
         await self._write_body(request, response, entry, start, stop, log)
         return response
+
+    def _listing(self, prefix: str, log: LogEntry) -> web.Response:
+        """An nginx-like autoindex of the direct children of `prefix`."""
+        children: dict[str, int | None] = {}
+        for path, entry in self._files.items():
+            if path.startswith(prefix) and path != prefix:
+                head, slash, _ = path[len(prefix) :].partition("/")
+                children[head + slash] = None if slash else entry.size
+        if self.autoindex == "none" or not children:
+            log.status = 404
+            return web.Response(status=404)
+        log.status = 200
+        if self.autoindex == "json":
+            items = [
+                {
+                    "name": name.rstrip("/"),
+                    "type": "directory" if name.endswith("/") else "file",
+                    **({"size": size} if size is not None else {}),
+                }
+                for name, size in children.items()
+            ]
+            body = json.dumps(items).encode()
+            log.body_bytes = len(body)
+            return web.Response(body=body, content_type="application/json")
+        rows = ['<html><head><title>Index</title></head><body><pre><a href="../">../</a>']
+        for name, size in children.items():
+            href = quote(name)
+            shown = html.escape(name)
+            shown_size = "-" if size is None else str(size)
+            rows.append(f'<a href="{href}">{shown}</a>   24-Nov-2026 10:00   {shown_size}')
+        rows.append("</pre></body></html>")
+        body = "\n".join(rows).encode()
+        log.body_bytes = len(body)
+        return web.Response(body=body, content_type="text/html", charset="utf-8")
 
     async def _write_body(
         self,

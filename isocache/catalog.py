@@ -12,6 +12,7 @@ from urllib.parse import quote, unquote, urlsplit
 from isocache.config import Config
 from isocache.errors import BadPath, ImageNotFound
 from isocache.image import ImageRef
+from isocache.origins.base import Origin
 from isocache.origins.registry import Backends
 
 # Characters left unescaped when a decoded path segment is put back into an origin URL
@@ -74,9 +75,24 @@ class Catalog:
         "/", "\\", NUL or other control characters are refused (BadPath), so a request can
         never name anything outside the origin's prefix, however it is encoded.
         """
+        url = self._under(origin, raw_path)
+        return ImageRef(url=url, origin=self._backends.for_origin(origin), origin_label=origin)
+
+    def origin_dir(self, origin: str, raw_path: str) -> tuple[str, Origin]:
+        """The URL (ending in "/") and backend of a directory under `origin`; "" is its root."""
+        url = (
+            self._under(origin, raw_path.rstrip("/")) if raw_path.strip("/") else self._base(origin)
+        )
+        return (url if url.endswith("/") else url + "/"), self._backends.for_origin(origin)
+
+    def _base(self, origin: str) -> str:
         base = self._origins.get(origin)
         if base is None:
             raise ImageNotFound(f"no origin named {origin!r}")
+        return base
+
+    def _under(self, origin: str, raw_path: str) -> str:
+        base = self._base(origin)
         segments = []
         for raw in raw_path.split("/"):
             if "\\" in raw:
@@ -90,5 +106,4 @@ class Catalog:
             if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in segment):
                 raise BadPath("path segment holds '/', '\\' or a control character")
             segments.append(quote(segment, safe=_SEGMENT_SAFE))
-        url = base + "/".join(segments)
-        return ImageRef(url=url, origin=self._backends.for_origin(origin), origin_label=origin)
+        return base + "/".join(segments)

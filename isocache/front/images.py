@@ -21,6 +21,7 @@ from aiohttp import web
 from isocache.catalog import Catalog
 from isocache.config import redact_url
 from isocache.errors import IsocacheError, MethodNotAllowed, OriginChanged
+from isocache.front.listing import serve_listing
 from isocache.image import ImageRef, ImageVersion
 from isocache.metrics import Metrics
 from isocache.ranges import ByteRange, if_range_allows, multipart_layout, parse_range
@@ -60,6 +61,7 @@ class ImageHandlers:
         return [
             web.route("*", "/images/{name}", self.image),
             web.route("*", "/origins/{origin}/{path:.*}", self.origin_file),
+            web.route("*", "/origins/{origin}", self.origin_file),
         ]
 
     async def image(self, request: web.Request) -> web.StreamResponse:
@@ -74,6 +76,10 @@ class ImageHandlers:
         if prefix:
             raise MethodNotAllowed("absolute-form request targets are not accepted")
         origin, _, path = rest.partition("/")
+        if not path or path.endswith("/"):
+            if request.method != "GET":
+                raise MethodNotAllowed("directory listings answer GET only")
+            return await serve_listing(request, self._catalog, origin, path)
         return await self._serve(request, self._catalog.origin_file(origin, path))
 
     @staticmethod

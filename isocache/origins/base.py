@@ -45,6 +45,27 @@ class OriginMeta:
         return ""
 
 
+@dataclass(frozen=True, slots=True)
+class ListEntry:
+    """One entry of a directory listing: `name` decoded, `size` exact bytes (None if unknown
+    or a directory)."""
+
+    name: str
+    size: int | None
+    is_dir: bool
+
+
+def plain_name(name: str) -> bool:
+    """True for a name that stays inside its directory: listings from origins are untrusted."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and (all(ord(c) >= 0x20 and ord(c) != 0x7F for c in name))
+    )
+
+
 class Origin(Protocol):
     """A remote store of images, addressed by URL.
 
@@ -67,6 +88,14 @@ class Origin(Protocol):
         backend's retry budget. Raises OriginChanged when the origin no longer has that
         version, and the other OriginError subclasses when it gives up. The bytes already
         yielded are always correct bytes of `meta`'s version.
+        """
+        ...
+
+    def list(self, url: str) -> AsyncIterator[ListEntry]:
+        """Yield the entries of the directory at `url` (ending in "/"), in the origin's order,
+        without holding the whole listing in memory where the origin pages it.
+
+        Raises ImageNotFound for a missing directory, and OriginError otherwise.
         """
         ...
 

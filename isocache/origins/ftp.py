@@ -27,7 +27,7 @@ from isocache.errors import (
     OriginTimeout,
     OriginUnavailable,
 )
-from isocache.origins.base import OriginMeta
+from isocache.origins.base import ListEntry, OriginMeta, plain_name
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,21 @@ class FtpOrigin:
                     raise
                 await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
                 attempt += 1
+
+    async def list(self, url: str) -> AsyncIterator[ListEntry]:
+        """MLSD (aioftp falls back to LIST), streamed from the data connection."""
+        path = self._path(url)
+        async with self._mapped(url), self._session() as client:
+            if not await client.is_dir(path):
+                raise ImageNotFound(f"origin has no directory {redact_url(url)}")
+            async for entry_path, info in client.list(path):
+                name = entry_path.name
+                if not plain_name(name):
+                    continue
+                is_dir = info.get("type") == "dir"
+                size = info.get("size")
+                exact = not is_dir and isinstance(size, str) and size.isascii() and size.isdigit()
+                yield ListEntry(name, int(size) if exact and size else None, is_dir)
 
     async def read(
         self, url: str, meta: OriginMeta, offset: int, length: int

@@ -8,6 +8,7 @@ good byte. Maps aiohttp's exceptions to isocache.errors here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,8 @@ from isocache.errors import (
     OriginTimeout,
     OriginUnavailable,
 )
-from isocache.origins.base import OriginMeta
+from isocache.origins.autoindex import AutoindexParser, parse_json_autoindex
+from isocache.origins.base import ListEntry, OriginMeta
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +275,34 @@ class HttpOrigin:
                 raise OriginUnavailable(
                     f"connection dropped reading {redact_url(url)}: {type(exc).__name__}"
                 ) from exc
+
+    async def list(self, url: str) -> AsyncIterator[ListEntry]:
+        async with self._request("GET", url, {"Accept": "text/html, application/json"}) as resp:
+            if resp.status != 200:
+                raise self._status_error(url, resp.status)
+            try:
+                if resp.content_type == "application/json":
+                    text = await resp.text(errors="replace")
+                    for entry in parse_json_autoindex(text):
+                        yield entry
+                    return
+                parser = AutoindexParser()
+                # Incremental: a multi-byte character may straddle two pieces.
+                decoder = codecs.getincrementaldecoder(resp.charset or "utf-8")(errors="replace")
+                async for piece in resp.content.iter_chunked(_READ_PIECE):
+                    parser.feed(decoder.decode(piece))
+                    for entry in parser.entries():
+                        yield entry
+                parser.feed(decoder.decode(b"", final=True))
+                parser.close()
+                for entry in parser.entries():
+                    yield entry
+            except ValueError as exc:
+                raise OriginProtocolError(f"unreadable listing at {redact_url(url)}") from exc
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                raise OriginTimeout(f"origin stalled listing {redact_url(url)}") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise OriginUnavailable(f"listing {redact_url(url)} failed") from exc
 
     @staticmethod
     async def _body(resp: aiohttp.ClientResponse, skip: int, want: int) -> AsyncIterator[bytes]:
