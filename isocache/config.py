@@ -85,6 +85,15 @@ class OriginConfig:
     addressing: str = "path"
     # Most FTP servers limit sessions per user; S3 and HTTP use fetch.max_connections.
     max_sessions: int = 4
+    # "http" for plain trees (http, https, ftp, ftps, s3 by scheme), "glance" for OpenStack
+    # Glance v2 at `url`, with Keystone v3 auth.
+    kind: str = "http"
+    auth_url: str | None = None
+    project_name: str | None = None
+    user_domain_name: str = "Default"
+    project_domain_name: str = "Default"
+    application_credential_id: str | None = None
+    application_credential_secret: str | None = field(default=None, repr=False)
 
     @property
     def scheme(self) -> str:
@@ -347,7 +356,10 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     url = _url(table, origin=True)
     scheme = urlsplit(url).scheme.lower()
     config = OriginConfig(name, url)
-    if scheme in ("ftp", "ftps"):
+    kind = table.choice("kind", "http", ("http", "glance"))
+    if kind == "glance":
+        config = _glance(name, url, table, base_dir)
+    elif scheme in ("ftp", "ftps"):
         password = table.get("password", str, "a string")
         password_file = table.get("password_file", str, "a path")
         if password is not None and password_file is not None:
@@ -380,6 +392,43 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
             addressing=table.choice("addressing", "path", _ADDRESSING),
         )
     table.finish()
+    return config
+
+
+def _glance(name: str, url: str, table: _Table, base_dir: Path | None) -> OriginConfig:
+    if urlsplit(url).scheme.lower() not in ("http", "https"):
+        raise table.error("url", "a Glance endpoint is an http:// or https:// URL")
+    auth_url = table.get("auth_url", str, "a URL string")
+    if auth_url is None or urlsplit(auth_url).scheme not in ("http", "https"):
+        raise table.error(
+            "auth_url", "required: the Keystone v3 URL, e.g. https://keystone:5000/v3"
+        )
+    password = table.get("password", str, "a string")
+    password_file = table.get("password_file", str, "a path")
+    if password_file is not None:
+        if password is not None:
+            raise table.error("password_file", "set password or password_file, not both")
+        password = _read_secret(table, "password_file", password_file, base_dir)
+    config = OriginConfig(
+        name,
+        url,
+        kind="glance",
+        auth_url=auth_url.rstrip("/"),
+        username=table.get("username", str, "a string"),
+        password=password,
+        project_name=table.get("project_name", str, "a string"),
+        user_domain_name=table.get("user_domain_name", str, "a string", "Default"),
+        project_domain_name=table.get("project_domain_name", str, "a string", "Default"),
+        application_credential_id=table.get("application_credential_id", str, "a string"),
+        application_credential_secret=table.get("application_credential_secret", str, "a string"),
+    )
+    with_password = config.username is not None and config.password is not None
+    with_app = config.application_credential_id and config.application_credential_secret
+    if not (with_password or with_app):
+        raise table.error(
+            "password",
+            "Glance needs username and password, or application_credential_id and _secret",
+        )
     return config
 
 

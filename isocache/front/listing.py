@@ -19,6 +19,8 @@ def entry_type(entry: ListEntry) -> str:
     """ "dir", or the lower-cased extension without its dot ("" when there is none)."""
     if entry.is_dir:
         return "dir"
+    if entry.kind is not None:
+        return entry.kind.lower()
     return os.path.splitext(entry.name)[1][1:].lower()
 
 

@@ -53,6 +53,8 @@ class ListEntry:
     name: str
     size: int | None
     is_dir: bool
+    # The listing's type when the origin states one (Glance's disk_format); else by extension.
+    kind: str | None = None
 
 
 def plain_name(name: str) -> bool:

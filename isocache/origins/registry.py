@@ -8,6 +8,7 @@ from collections.abc import Callable
 from isocache.config import Config
 from isocache.origins.base import Origin
 from isocache.origins.ftp import FtpOrigin
+from isocache.origins.glance import GlanceOrigin
 from isocache.origins.http import HttpOrigin
 from isocache.origins.s3 import S3Origin
 
@@ -25,7 +26,15 @@ class Backends:
         )
         self._by_origin: dict[str, Origin] = {}
         for name, origin in config.origins.items():
-            if origin.scheme in ("ftp", "ftps"):
+            if origin.kind == "glance":
+                self._by_origin[name] = GlanceOrigin(
+                    origin,
+                    connect_timeout=connect,
+                    read_timeout=read,
+                    retries=retries,
+                    max_connections=fetch.max_connections,
+                )
+            elif origin.scheme in ("ftp", "ftps"):
                 self._by_origin[name] = FtpOrigin(
                     origin, connect_timeout=connect, read_timeout=read, retries=retries
                 )

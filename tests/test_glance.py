@@ -1,0 +1,108 @@
+"""Glance origins against the Glance-v2-shaped stand-in server (tests/glance_server.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bench.origin import generate_image
+from isocache.service import Service
+from tests.conftest import CHUNK, MakeService, fetch
+from tests.glance_server import PASSWORD, PROJECT, USER, GlanceServer
+
+SIZE = 9 * CHUNK + 5
+
+
+@pytest.fixture
+async def glance() -> AsyncIterator[GlanceServer]:
+    server = GlanceServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def glance_service(
+    make_service: MakeService, glance: GlanceServer, password: str = PASSWORD
+) -> Service:
+    extra = (
+        f'[origins.glance]\nkind = "glance"\nurl = "{glance.url}"\n'
+        f'auth_url = "{glance.url}v3"\nusername = "{USER}"\npassword = "{password}"\n'
+        f'project_name = "{PROJECT}"\n'
+    )
+    return await make_service("http://127.0.0.1:9/", extra=extra)
+
+
+@pytest.mark.parametrize("address", ["id", "name"])
+async def test_ranges_by_id_and_name(
+    glance: GlanceServer, make_service: MakeService, client: aiohttp.ClientSession, address: str
+) -> None:
+    data = generate_image(SIZE, seed=100)
+    image_id = glance.add_image("cirros 0.6", data)
+    service = await glance_service(make_service, glance)
+    url = service.url + "origins/glance/" + (image_id if address == "id" else "cirros%200.6")
+    rng = random.Random(101)
+    for _ in range(30):
+        first = rng.randrange(SIZE)
+        last = min(SIZE - 1, first + rng.randrange(3 * CHUNK))
+        status, _, body = await fetch(client, url, {"Range": f"bytes={first}-{last}"})
+        assert (status, body) == (206, data[first : last + 1])
+    assert (await fetch(client, url))[2] == data
+    assert all(entry[3] == 206 for entry in glance.log)  # ranged reads only
+    assert glance.body_bytes() <= SIZE  # each chunk once
+
+
+async def test_token_renewed_on_401(
+    glance: GlanceServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    data = generate_image(SIZE, seed=102)
+    image_id = glance.add_image("a", data)
+    service = await glance_service(make_service, glance)
+    url = service.url + "origins/glance/" + image_id
+    assert (await fetch(client, url, {"Range": "bytes=0-9"}))[2] == data[:10]
+    assert glance.auth_requests == 1
+    glance.revoke_tokens()
+    status, _, body = await fetch(client, url, {"Range": f"bytes={5 * CHUNK}-{5 * CHUNK + 9}"})
+    assert (status, body) == (206, data[5 * CHUNK : 5 * CHUNK + 10])
+    assert glance.auth_requests == 2
+
+
+async def test_wrong_password_is_502_without_secret(
+    glance: GlanceServer,
+    make_service: MakeService,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    image_id = glance.add_image("a", b"x" * 100)
+    service = await glance_service(make_service, glance, password="wrong-pass-77")
+    status, _, body = await fetch(client, service.url + "origins/glance/" + image_id)
+    assert status == 502 and b"Keystone refused the credentials of origin glance" in body
+    assert b"wrong-pass-77" not in body and "wrong-pass-77" not in caplog.text
+
+
+async def test_unknown_image_is_404(
+    glance: GlanceServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    service = await glance_service(make_service, glance)
+    for ref in ("no-such-name", "00000000-0000-0000-0000-000000000000"):
+        status, _, _ = await fetch(client, service.url + "origins/glance/" + ref)
+        assert status == 404, ref
+
+
+async def test_listing_pages_and_types(
+    glance: GlanceServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    for number in range(230):
+        glance.add_image(f"img{number:03}", b"d" * number, "qcow2" if number % 2 else "iso")
+    service = await glance_service(make_service, glance)
+    status, _, body = await fetch(client, service.url + "origins/glance/")
+    entries = json.loads(body)
+    assert status == 200 and len(entries) == 230  # two pages of 200
+    assert {"name": "img007", "size": 7, "type": "qcow2"} in entries
+    status, _, body = await fetch(client, service.url + "origins/glance/?type=iso")
+    assert len(json.loads(body)) == 115
