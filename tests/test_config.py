@@ -18,6 +18,9 @@ def test_example_config_loads() -> None:
     assert config.cache.size_limit == 20 * GiB and config.cache.chunk_size == MiB
     assert config.origins["mirror"].url == "https://mirror.example.org/isos/"
     assert config.images["alpine"].sha256 is not None
+    assert config.origins["ftpmirror"].scheme == "ftp"
+    assert config.origins["bucket"].addressing == "path"
+    assert config.origins["glance"].kind == "glance"
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

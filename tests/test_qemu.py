@@ -116,3 +116,49 @@ def parse_dump(output: bytes) -> bytes:
         # "xx xx ... xx" then two spaces and the ASCII rendering (which may look like hex).
         result += bytes(int(token, 16) for token in rest.split("  ", 1)[0].split())
     return bytes(result)
+
+
+async def test_qemu_img_convert_through_ftp_and_s3_origins(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    from tests.ftp_server import FtpServer
+    from tests.s3_server import S3Server
+
+    data = generate_image(8 * MiB + 4096, seed=51)
+    expected = hashlib.sha256(data).hexdigest()
+    root = tmp_path / "ftproot"
+    root.mkdir()
+    (root / "disk.raw").write_bytes(data)
+    ftp = FtpServer(root)
+    ftp.start()
+    s3 = S3Server()
+    await asyncio.to_thread(s3.start)
+    try:
+        s3c = s3.client()
+        await asyncio.to_thread(s3c.create_bucket, Bucket="vm-images")
+        await asyncio.to_thread(s3c.put_object, Bucket="vm-images", Key="disk.raw", Body=data)
+        extra = (
+            f'[origins.ftp]\nurl = "{ftp.url()}"\npassword = "{ftp.password}"\n'
+            f'[origins.s3]\nurl = "s3://vm-images/"\nendpoint_url = "{s3.endpoint}"\n'
+            f'aws_access_key_id = "{s3.key_id}"\naws_secret_access_key = "{s3.secret}"\n'
+        )
+        service = await make_service("http://127.0.0.1:9/", extra=extra, chunk_size="1MiB")
+        for origin in ("ftp", "s3"):
+            out = tmp_path / f"{origin}.raw"
+            code, _, err = await run(
+                "qemu-img",
+                "convert",
+                "-m",
+                "1",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                f"{service.url}origins/{origin}/disk.raw",
+                str(out),
+            )
+            assert code == 0, err.decode()
+            assert hashlib.sha256(out.read_bytes()).hexdigest() == expected, origin
+    finally:
+        ftp.stop()
+        await asyncio.to_thread(s3.stop)
