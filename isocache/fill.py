@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from isocache.errors import IsocacheError, OriginError, StoreError
 from isocache.image import ImageVersion
@@ -48,8 +48,10 @@ class Filler:
         *,
         max_connections: int,
         max_per_image: int,
+        on_stored: Callable[[ImageVersion], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_stored = on_stored
         self._metrics = metrics
         self._chunk_size = store.chunk_size
         self._slots = asyncio.Semaphore(max_connections)
@@ -217,7 +219,8 @@ class Filler:
     ) -> None:
         key = self._store.key(version.identity, index)
         try:
-            await self._store.put(version.identity, index, chunk)
+            if await self._store.put(version.identity, index, chunk) and self._on_stored:
+                self._on_stored(version)
         except Exception:
             log.exception("store-put-failed key=%s", key)
         finally:

@@ -21,6 +21,7 @@ from isocache.origins.registry import Backends
 from isocache.reader import Reader
 from isocache.resolver import Resolver
 from isocache.store import ChunkStore
+from isocache.verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,13 @@ class Service:
         self.catalog = Catalog(config, self._backends)
         resolver = Resolver(self.store, self.metrics, revalidate=config.cache.revalidate)
         await self._pin_known(resolver)
+        self.verifier = Verifier(self.store)
         self.filler = Filler(
             self.store,
             self.metrics,
             max_connections=config.fetch.max_connections,
             max_per_image=config.fetch.max_connections_per_image,
+            on_stored=self.verifier.chunk_stored,
         )
         reader = Reader(
             self.store,
@@ -77,7 +80,9 @@ class Service:
             max_per_image=config.fetch.max_connections_per_image,
         )
         settings = FrontSettings(keepalive=config.server.keepalive, sendfile=config.server.sendfile)
-        images = ImageHandlers(self.catalog, resolver, reader, self.metrics, settings)
+        images = ImageHandlers(
+            self.catalog, resolver, reader, self.metrics, settings, self.verifier
+        )
         app = build_app(images, self.metrics)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT

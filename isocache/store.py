@@ -9,6 +9,7 @@ LRU itself (see ../shared/DESIGN.md: a per-hit SQLite write costs 4x and stalls 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import io
 import logging
@@ -80,6 +81,7 @@ class ChunkStore:
         self._cache: Any = None
         self._index: OrderedDict[str, ChunkRecord] = OrderedDict()  # LRU first
         self._pinned: set[str] = set()
+        self._chunk_counts: collections.Counter[str] = collections.Counter()
         self._touched: set[str] = set()
         self._bytes_used = 0  # chunks in the index
         self._bytes_reserved = 0  # chunks being written
@@ -105,8 +107,7 @@ class ChunkStore:
         now = time.time()
         for key, record in sorted(records.items(), key=lambda item: item[1].last_access):
             record.last_access = min(record.last_access, now)
-            self._index[key] = record
-            self._bytes_used += record.length
+            self._add(key, record)
         self._flush_task = asyncio.create_task(self._flush_access_loop(), name="store-flush")
         log.info(
             "store-open dir=%s chunks=%d bytes=%d limit=%d",
@@ -239,6 +240,36 @@ class ChunkStore:
         except OSError:
             return None
 
+    def _add(self, key: str, record: ChunkRecord) -> None:
+        self._index[key] = record
+        self._bytes_used += record.length
+        self._chunk_counts[key.split(":", 1)[0]] += 1
+
+    def _remove(self, key: str) -> ChunkRecord | None:
+        record = self._index.pop(key, None)
+        if record is not None:
+            self._bytes_used -= record.length
+            self._touched.discard(key)
+            identity = key.split(":", 1)[0]
+            self._chunk_counts[identity] -= 1
+            if self._chunk_counts[identity] <= 0:
+                del self._chunk_counts[identity]
+        return record
+
+    def chunk_count(self, identity: str) -> int:
+        """How many chunks of this image version are stored."""
+        return self._chunk_counts.get(identity, 0)
+
+    def chunk_paths(self, identity: str, count: int) -> list[str] | None:
+        """The value files of chunks 0..count-1 in order, or None if any is missing."""
+        paths = []
+        for index in range(count):
+            record = self._index.get(self.key(identity, index))
+            if record is None:
+                return None
+            paths.append(record.path)
+        return paths
+
     def _touch(self, key: str, record: ChunkRecord) -> None:
         record.last_access = time.time()
         self._index.move_to_end(key)
@@ -265,8 +296,7 @@ class ChunkStore:
             self._bytes_reserved -= length
         if record is None:
             return False
-        self._index[key] = record
-        self._bytes_used += length
+        self._add(key, record)
         return True
 
     def _write_blocking(self, key: str, identity: str, data: bytes) -> ChunkRecord | None:
@@ -313,16 +343,16 @@ class ChunkStore:
     async def _evict_to(self, target: int) -> bool:
         """Evict least recently used unpinned chunks until at most `target` bytes are stored."""
         victims: list[str] = []
+        remaining = self._bytes_used
         for key, record in self._index.items():
-            if self._bytes_used <= target:
+            if remaining <= target:
                 break
             if key.split(":", 1)[0] in self._pinned:
                 continue
             victims.append(key)
-            self._bytes_used -= record.length
+            remaining -= record.length
         for key in victims:
-            del self._index[key]
-            self._touched.discard(key)
+            self._remove(key)
         if victims:
             self._on_evict(len(victims))
             await self._run(self._delete_blocking, victims)
@@ -334,12 +364,9 @@ class ChunkStore:
             self._cache.delete(_RECORD + key)
 
     async def _forget(self, key: str, reason: str) -> None:
-        record = self._index.pop(key, None)
-        if record is None:
+        if self._remove(key) is None:
             return
         log.warning("store-drop-chunk key=%s reason=%s", key, reason)
-        self._bytes_used -= record.length
-        self._touched.discard(key)
         await self._run(self._delete_blocking, [key])
 
     async def drop_image(self, identity: str) -> int:
@@ -347,8 +374,7 @@ class ChunkStore:
         prefix = identity + ":"
         keys = [key for key in self._index if key.startswith(prefix)]
         for key in keys:
-            self._bytes_used -= self._index.pop(key).length
-            self._touched.discard(key)
+            self._remove(key)
         await self._run(self._cache.evict, identity)
         return len(keys)
 

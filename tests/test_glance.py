@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import random
@@ -106,3 +108,34 @@ async def test_listing_pages_and_types(
     assert {"name": "img007", "size": 7, "type": "qcow2"} in entries
     status, _, body = await fetch(client, service.url + "origins/glance/?type=iso")
     assert len(json.loads(body)) == 115
+
+
+async def wait_verified(service: Service, identity: str) -> bool:
+    deadline = asyncio.get_running_loop().time() + 10
+    while (result := service.verifier.result(identity)) is None:
+        assert asyncio.get_running_loop().time() < deadline, "not verified in time"
+        await asyncio.sleep(0.02)
+    return result
+
+
+@pytest.mark.parametrize("honest", [True, False])
+async def test_whole_image_checked_against_os_hash_value(
+    glance: GlanceServer, make_service: MakeService, client: aiohttp.ClientSession, honest: bool
+) -> None:
+    data = generate_image(SIZE, seed=103)
+    image_id = glance.add_image("v", data)
+    if not honest:
+        glance.images[image_id]["os_hash_value"] = "0" * 128
+    service = await glance_service(make_service, glance)
+    url = service.url + "origins/glance/" + image_id
+    status, headers, body = await fetch(client, url)
+    assert (status, body) == (200, data)  # the bytes went out as they came
+    identity = headers["ETag"].strip('"')
+    assert await wait_verified(service, identity) is honest
+    if honest:
+        assert service.store.chunk_count(identity) == 10
+        return
+    assert service.store.chunk_count(identity) == 0  # dropped
+    status, _, body = await fetch(client, url, {"Range": "bytes=0-9"})
+    assert status == 502
+    assert b"0" * 128 in body and hashlib.sha512(data).hexdigest().encode() in body

@@ -28,6 +28,7 @@ from isocache.ranges import ByteRange, if_range_allows, multipart_layout, parse_
 from isocache.reader import Piece, Reader
 from isocache.resolver import Resolver
 from isocache.units import MiB
+from isocache.verify import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class ImageHandlers:
         reader: Reader,
         metrics: Metrics,
         settings: FrontSettings,
+        verifier: Verifier,
     ) -> None:
+        self._verifier = verifier
         self._catalog = catalog
         self._resolver = resolver
         self._reader = reader
@@ -99,6 +102,7 @@ class ImageHandlers:
         try:
             for attempt in range(2):
                 version = await self._resolver.resolve(ref)
+                self._verifier.check(version)
                 try:
                     return await self._respond(request, version)
                 except OriginChanged:

@@ -22,6 +22,9 @@ class OriginMeta:
     size: int
     etag: str | None = None
     last_modified: str | None = None
+    # A digest of the whole file the origin vouches for, as (hashlib name, hex): Glance's
+    # os_hash_algo/os_hash_value. Checked once the whole image is cached.
+    digest: tuple[str, str] | None = None
 
     @property
     def strong_etag(self) -> str | None:

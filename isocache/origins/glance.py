@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -204,8 +205,23 @@ class GlanceOrigin(HttpOrigin):
                 modified = format_datetime(when, usegmt=True)
             except ValueError:
                 pass
+        algo, value = image.get("os_hash_algo"), image.get("os_hash_value")
+        vouched = None
+        if (
+            isinstance(algo, str)
+            and isinstance(value, str)
+            and algo in hashlib.algorithms_available
+        ):
+            vouched = (algo, value.lower())
+        elif isinstance(image.get("checksum"), str):
+            vouched = ("md5", image["checksum"].lower())
         # An active Glance image never changes its data: id + hash is its identity.
-        return OriginMeta(size=image["size"], etag=f'"{image_id}:{digest}"', last_modified=modified)
+        return OriginMeta(
+            size=image["size"],
+            etag=f'"{image_id}:{digest}"',
+            last_modified=modified,
+            digest=vouched,
+        )
 
     async def read(
         self, url: str, meta: OriginMeta, offset: int, length: int

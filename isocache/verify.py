@@ -1,0 +1,93 @@
+"""Whole-image verification: once every chunk of an image version is cached, hash it and
+compare with the digest it should have (an image's configured sha256, or the digest its
+origin vouches for, such as Glance's os_hash_value). A mismatch drops the image's chunks
+and makes every later request for that version a 502 naming both digests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+
+from isocache.errors import OriginError
+from isocache.image import ImageVersion
+from isocache.store import ChunkStore
+
+log = logging.getLogger(__name__)
+
+_READ = 4 * 1024 * 1024
+
+
+def expected_digest(version: ImageVersion) -> tuple[str, str] | None:
+    if version.ref.sha256:
+        return ("sha256", version.ref.sha256)
+    return version.meta.digest
+
+
+class Verifier:
+    """Use on the event loop; hashing runs in a thread."""
+
+    def __init__(self, store: ChunkStore) -> None:
+        self._store = store
+        self._results: dict[str, bool] = {}
+        self._failures: dict[str, str] = {}
+        self._running: dict[str, asyncio.Task[bool | None]] = {}
+
+    def result(self, identity: str) -> bool | None:
+        """True or False once verified, None when not (yet) verified."""
+        return self._results.get(identity)
+
+    def check(self, version: ImageVersion) -> None:
+        """Raise the recorded mismatch of this version, if it had one."""
+        failure = self._failures.get(version.identity)
+        if failure is not None:
+            raise OriginError(failure)
+
+    def chunk_stored(self, version: ImageVersion) -> None:
+        """Called after each stored chunk: start verifying when the image became complete."""
+        identity = version.identity
+        if identity in self._results or identity in self._running:
+            return
+        if expected_digest(version) is None:
+            return
+        if self._store.chunk_count(identity) < version.chunk_count(self._store.chunk_size):
+            return
+        task = asyncio.create_task(self.verify(version), name=f"verify-{identity}")
+        self._running[identity] = task
+        task.add_done_callback(lambda _: self._running.pop(identity, None))
+
+    async def verify(self, version: ImageVersion) -> bool | None:
+        """Hash the cached image; None when it is not complete or has no expected digest."""
+        expected = expected_digest(version)
+        paths = self._store.chunk_paths(
+            version.identity, version.chunk_count(self._store.chunk_size)
+        )
+        if expected is None or paths is None:
+            return None
+        algo, want = expected
+        try:
+            got = await asyncio.to_thread(_hash_files, algo, paths)
+        except OSError:
+            return None  # a chunk was evicted meanwhile: verified when complete again
+        ok = got == want
+        self._results[version.identity] = ok
+        if ok:
+            log.info("verify-ok image=%s %s=%s", version.identity, algo, got)
+            return True
+        message = (
+            f"image failed verification: {algo} of the data is {got}, "
+            f"but {want} was expected; its cached chunks were dropped"
+        )
+        self._failures[version.identity] = message
+        log.error("verify-failed image=%s %s", version.identity, message)
+        await self._store.drop_image(version.identity)
+        return False
+
+
+def _hash_files(algo: str, paths: list[str]) -> str:
+    digest = hashlib.new(algo)
+    for path in paths:
+        with open(path, "rb") as file:
+            while data := file.read(_READ):
+                digest.update(data)
+    return digest.hexdigest()
