@@ -398,7 +398,8 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
 def _glance(name: str, url: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         raise table.error("url", "a Glance endpoint is an http:// or https:// URL")
-    auth_url = table.get("auth_url", str, "a URL string")
+    cloud = _cloud_auth(table, table.get("cloud", str, "a cloud name from clouds.yaml"))
+    auth_url = table.get("auth_url", str, "a URL string") or cloud.get("auth_url")
     if auth_url is None or urlsplit(auth_url).scheme not in ("http", "https"):
         raise table.error(
             "auth_url", "required: the Keystone v3 URL, e.g. https://keystone:5000/v3"
@@ -409,18 +410,24 @@ def _glance(name: str, url: str, table: _Table, base_dir: Path | None) -> Origin
         if password is not None:
             raise table.error("password_file", "set password or password_file, not both")
         password = _read_secret(table, "password_file", password_file, base_dir)
+
+    def pick(key: str, default: str | None = None) -> str | None:
+        value = table.get(key, str, "a string")
+        found = value if value is not None else cloud.get(key)
+        return found if isinstance(found, str) else default
+
     config = OriginConfig(
         name,
         url,
         kind="glance",
         auth_url=auth_url.rstrip("/"),
-        username=table.get("username", str, "a string"),
-        password=password,
-        project_name=table.get("project_name", str, "a string"),
-        user_domain_name=table.get("user_domain_name", str, "a string", "Default"),
-        project_domain_name=table.get("project_domain_name", str, "a string", "Default"),
-        application_credential_id=table.get("application_credential_id", str, "a string"),
-        application_credential_secret=table.get("application_credential_secret", str, "a string"),
+        username=pick("username"),
+        password=password if password is not None else pick("password"),
+        project_name=pick("project_name"),
+        user_domain_name=pick("user_domain_name", "Default") or "Default",
+        project_domain_name=pick("project_domain_name", "Default") or "Default",
+        application_credential_id=pick("application_credential_id"),
+        application_credential_secret=pick("application_credential_secret"),
     )
     with_password = config.username is not None and config.password is not None
     with_app = config.application_credential_id and config.application_credential_secret
@@ -430,6 +437,34 @@ def _glance(name: str, url: str, table: _Table, base_dir: Path | None) -> Origin
             "Glance needs username and password, or application_credential_id and _secret",
         )
     return config
+
+
+def _cloud_auth(table: _Table, cloud: str | None) -> dict[str, Any]:
+    """The `auth` section of a cloud in clouds.yaml (openstacksdk's search order)."""
+    if cloud is None:
+        return {}
+    import yaml  # only needed for this key
+
+    candidates = [
+        os.environ.get("OS_CLIENT_CONFIG_FILE"),
+        "clouds.yaml",
+        os.path.expanduser("~/.config/openstack/clouds.yaml"),
+        "/etc/openstack/clouds.yaml",
+    ]
+    for candidate in filter(None, candidates):
+        try:
+            with open(candidate) as file:
+                data = yaml.safe_load(file)
+        except FileNotFoundError:
+            continue
+        except (OSError, yaml.YAMLError) as exc:
+            raise table.error("cloud", f"cannot read {candidate}: {type(exc).__name__}") from None
+        clouds = data.get("clouds") if isinstance(data, dict) else None
+        entry = clouds.get(cloud) if isinstance(clouds, dict) else None
+        if isinstance(entry, dict):
+            auth = entry.get("auth")
+            return auth if isinstance(auth, dict) else {}
+    raise table.error("cloud", f"no cloud named {cloud!r} in any clouds.yaml")
 
 
 def _read_secret(table: _Table, key: str, text: str, base_dir: Path | None) -> str:

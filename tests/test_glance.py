@@ -8,6 +8,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -139,3 +140,25 @@ async def test_whole_image_checked_against_os_hash_value(
     status, _, body = await fetch(client, url, {"Range": "bytes=0-9"})
     assert status == 502
     assert b"0" * 128 in body and hashlib.sha512(data).hexdigest().encode() in body
+
+
+async def test_credentials_from_clouds_yaml(
+    glance: GlanceServer,
+    make_service: MakeService,
+    client: aiohttp.ClientSession,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(
+        "clouds:\n  lab:\n    auth:\n"
+        f"      auth_url: {glance.url}v3\n      username: {USER}\n      password: {PASSWORD}\n"
+        f"      project_name: {PROJECT}\n"
+    )
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    data = generate_image(1000, seed=104)
+    image_id = glance.add_image("c", data)
+    extra = f'[origins.glance]\nkind = "glance"\nurl = "{glance.url}"\ncloud = "lab"\n'
+    service = await make_service("http://127.0.0.1:9/", extra=extra)
+    status, _, body = await fetch(client, service.url + "origins/glance/" + image_id)
+    assert (status, body) == (200, data)

@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -126,3 +127,67 @@ async def test_replaced_object_is_detected_and_never_mixed(
         assert time.monotonic() < deadline
         await asyncio.sleep(0.2)
     assert (await fetch(client, url))[2] == new
+
+
+@pytest.mark.parametrize("source", ["environment", "profile", "anonymous"])
+async def test_credentials_from_the_aws_chain(
+    origin: OriginServer,
+    make_service: MakeService,
+    client: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[team]\naws_access_key_id = PROFILEKEY\naws_secret_access_key = x\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    profile = ""
+    if source == "environment":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ENVKEY")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    elif source == "profile":
+        profile = 'profile = "team"\n'
+    else:
+        credentials.write_text("")
+    data = generate_image(500, seed=95)
+    origin.add_file("public/x.iso", data)
+    extra = (
+        f'[origins.pub]\nurl = "s3://public/"\nendpoint_url = "{origin.url.rstrip("/")}"\n{profile}'
+    )
+    service = await make_service("http://127.0.0.1:9/", extra=extra)
+    status, _, body = await fetch(client, service.url + "origins/pub/x.iso")
+    assert (status, body) == (200, data)
+    auth = [e.headers.get("Authorization") for e in origin.log]
+    if source == "anonymous":
+        assert auth and all(a is None for a in auth)
+    else:
+        key = "ENVKEY" if source == "environment" else "PROFILEKEY"
+        assert all(a and a.startswith(f"AWS4-HMAC-SHA256 Credential={key}/") for a in auth)
+
+
+def test_virtual_hosted_and_path_style_urls() -> None:
+    from isocache.config import OriginConfig
+    from isocache.origins.s3 import S3Origin
+
+    def make(addressing: str) -> S3Origin:
+        return S3Origin(
+            OriginConfig(
+                "b",
+                "s3://bkt/p/",
+                endpoint_url="https://s3.example.org",
+                addressing=addressing,
+                aws_access_key_id="a",
+                aws_secret_access_key="b",
+            )
+        )
+
+    assert make("path").http_url("s3://bkt/p/my%20disk+1.iso") == (
+        "https://s3.example.org/bkt/p/my%20disk%2B1.iso"
+    )
+    assert make("virtual").http_url("s3://bkt/p/a.iso") == "https://bkt.s3.example.org/p/a.iso"
+    assert (
+        make("path").http_url("s3://bkt/?list-type=2") == "https://s3.example.org/bkt?list-type=2"
+    )
