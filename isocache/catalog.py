@@ -7,10 +7,11 @@ configured origin or is a configured image's URL.
 
 from __future__ import annotations
 
+import dataclasses
 from urllib.parse import quote, unquote, urlsplit
 
-from isocache.config import Config
-from isocache.errors import BadPath, ImageNotFound
+from isocache.config import Config, redact_url
+from isocache.errors import BadPath, Conflict, Forbidden, ImageNotFound
 from isocache.image import ImageRef
 from isocache.origins.base import Origin
 from isocache.origins.registry import Backends
@@ -27,24 +28,53 @@ def _normalise(url: str) -> str:
 
 
 class Catalog:
-    """Immutable after construction; safe to share."""
+    """Images and origin trees. Origins are fixed by the config; images may be added,
+    removed and (un)pinned at run time through the admin API. Use on the event loop."""
 
     def __init__(self, config: Config, backends: Backends) -> None:
         self._backends = backends
         self._origins = {name: o.url for name, o in config.origins.items()}
         self._prefixes = tuple(_normalise(url) for url in self._origins.values())
         self._images: dict[str, ImageRef] = {}
+        self.configured = frozenset(config.images)
         for name, image in config.images.items():
-            origin_name = self._origin_of(image.url)
-            self._images[name] = ImageRef(
-                url=image.url,
-                origin=backends.for_origin(origin_name),
-                origin_label=origin_name or _IMAGES_LABEL,
-                name=name,
-                sha256=image.sha256,
-                pinned=image.pin,
-            )
+            self._images[name] = self._ref(name, image.url, image.sha256, image.pin)
         self._image_urls = frozenset(_normalise(ref.url) for ref in self._images.values())
+
+    def _ref(self, name: str, url: str, sha256: str | None, pinned: bool) -> ImageRef:
+        origin_name = self._origin_of(url)
+        return ImageRef(
+            url=url,
+            origin=self._backends.for_origin(origin_name),
+            origin_label=origin_name or _IMAGES_LABEL,
+            name=name,
+            sha256=sha256,
+            pinned=pinned,
+        )
+
+    def register(self, name: str, url: str, sha256: str | None, pinned: bool) -> ImageRef:
+        """Add (or replace) a run-time image. Only URLs under a configured origin: anything
+        else is Forbidden and never contacted. Configured images cannot be replaced."""
+        if name in self.configured:
+            raise Conflict(f"image {name!r} is defined in the config file")
+        if not _normalise(url).startswith(self._prefixes):
+            raise Forbidden(f"{redact_url(url)} is outside the configured origins")
+        ref = self._ref(name, url, sha256, pinned)
+        self._images[name] = ref
+        return ref
+
+    def unregister(self, name: str) -> ImageRef:
+        if name in self.configured:
+            raise Conflict(f"image {name!r} is defined in the config file")
+        ref = self._images.pop(name, None)
+        if ref is None:
+            raise ImageNotFound(f"no image named {name!r}")
+        return ref
+
+    def set_pinned(self, name: str, pinned: bool) -> ImageRef:
+        ref = dataclasses.replace(self.image(name), pinned=pinned)
+        self._images[name] = ref
+        return ref
 
     def _origin_of(self, url: str) -> str | None:
         normal = _normalise(url)

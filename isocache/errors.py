@@ -3,9 +3,12 @@
     IsocacheError (500)
     ├── BadRequest (400)
     │   └── BadPath (400)            request path escapes an origin's prefix
+    ├── Unauthorized (401)           admin mutation without a bearer token
+    ├── Forbidden (403)              wrong token; URL outside the configured origins
     ├── NotFound (404)
     │   └── ImageNotFound (404)      unknown catalog name, origin or origin path
     ├── MethodNotAllowed (405)
+    ├── Conflict (409)               e.g. pinning more than fits in size_limit
     ├── RangeNotSatisfiable (416)    carries the resource size for Content-Range: bytes */SIZE
     ├── OriginError (502)            anything an origin did wrong
     │   ├── OriginUnavailable (502)  connection refused, reset, DNS, 5xx after retries
@@ -37,6 +40,21 @@ class BadRequest(IsocacheError):
 
 class BadPath(BadRequest):
     error = "bad_path"
+
+
+class Unauthorized(IsocacheError):
+    status = 401
+    error = "unauthorized"
+
+
+class Forbidden(IsocacheError):
+    status = 403
+    error = "forbidden"
+
+
+class Conflict(IsocacheError):
+    status = 409
+    error = "conflict"
 
 
 class NotFound(IsocacheError):

@@ -61,6 +61,7 @@ class Filler:
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled on close
         self._stores: set[asyncio.Task[None]] = set()  # puts of fetched chunks: awaited on close
+        self._store_tasks: dict[str, asyncio.Task[None]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -213,6 +214,15 @@ class Filler:
         task = asyncio.create_task(self._store_chunk(version, index, future, chunk))
         self._stores.add(task)
         task.add_done_callback(self._stores.discard)
+        key = self._store.key(version.identity, index)
+        self._store_tasks[key] = task
+        task.add_done_callback(lambda _: self._store_tasks.pop(key, None))
+
+    async def settled(self, version: ImageVersion, index: int) -> None:
+        """Wait until a fetched chunk's put has finished (stored, or refused by the store)."""
+        task = self._store_tasks.get(self._store.key(version.identity, index))
+        if task is not None:
+            await asyncio.shield(task)
 
     async def _store_chunk(
         self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes

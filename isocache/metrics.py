@@ -53,6 +53,9 @@ class Metrics:
         self.origin_errors = Counter(
             "isocache_origin_errors", "Failed origin operations", ["origin", "kind"], registry=r
         )
+        self.prewarm_jobs = Gauge(
+            "isocache_prewarm_jobs", "Prewarm jobs by state", ["state"], registry=r
+        )
         self.stale_serves = Counter(
             "isocache_stale_if_error",
             "Times a cached version was served because the origin could not be reached",

@@ -11,11 +11,15 @@ import signal
 
 from aiohttp import web
 
+from isocache.admin.api import AdminApi
+from isocache.admin.prewarm import PrewarmManager
 from isocache.catalog import Catalog
 from isocache.config import Config
+from isocache.errors import BadRequest
 from isocache.fill import Filler
 from isocache.front.app import build_app
 from isocache.front.images import FrontSettings, ImageHandlers
+from isocache.image import ImageRef
 from isocache.metrics import Metrics
 from isocache.origins.registry import Backends
 from isocache.reader import Reader
@@ -45,6 +49,7 @@ class Service:
         self._backends: Backends | None = None
         self.catalog: Catalog | None = None
         self.filler: Filler | None = None
+        self.prewarm: PrewarmManager | None = None
         self._runner: web.AppRunner | None = None
         self.host = config.server.host
         self.port = config.server.port
@@ -79,11 +84,29 @@ class Service:
             readahead=config.fetch.readahead,
             max_per_image=config.fetch.max_connections_per_image,
         )
+        self.prewarm = PrewarmManager(
+            lookup=self._lookup,
+            resolver=resolver,
+            store=self.store,
+            filler=self.filler,
+            verifier=self.verifier,
+            parallel=config.fetch.max_connections_per_image,
+        )
+        self.admin = AdminApi(
+            token=config.admin.token,
+            catalog=self.catalog,
+            resolver=resolver,
+            store=self.store,
+            verifier=self.verifier,
+            prewarm=self.prewarm,
+        )
+        await self.admin.restore()
+        await self.prewarm.resume()
         settings = FrontSettings(keepalive=config.server.keepalive, sendfile=config.server.sendfile)
         images = ImageHandlers(
             self.catalog, resolver, reader, self.metrics, settings, self.verifier
         )
-        app = build_app(images, self.metrics)
+        app = build_app(images, self.admin, self.metrics, self.prewarm)
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
@@ -105,10 +128,23 @@ class Service:
                 if version is not None:
                     self.store.pin(version.identity)
 
+    def _lookup(self, target: dict[str, str]) -> ImageRef:
+        """A prewarm target: {"image": NAME} or {"path": "/origins/NAME/<path>"}."""
+        assert self.catalog is not None
+        if "image" in target:
+            return self.catalog.image(target["image"])
+        path = target.get("path", "")
+        if not path.startswith("/origins/"):
+            raise BadRequest('path must look like "/origins/NAME/<path>"')
+        origin, _, rest = path[len("/origins/") :].partition("/")
+        return self.catalog.origin_file(origin, rest)
+
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.prewarm is not None:
+            await self.prewarm.close()
         if self.filler is not None:
             await self.filler.close()
         if self._backends is not None:

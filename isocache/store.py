@@ -36,6 +36,7 @@ T = TypeVar("T")
 _DATA = "c:"  # c:<identity>:<index> -> chunk bytes (a value file)
 _RECORD = "r:"  # r:<identity>:<index> -> (length, crc32, value file path, last access)
 _META = "m:"  # m:<url> -> dict of the last known origin metadata
+_STATE = "s:"  # s:<name> -> small service state (prewarm jobs, run-time images)
 # Access times reach disk in batches; losing the last interval in a crash only blurs LRU order.
 _ACCESS_FLUSH_INTERVAL = 30.0
 
@@ -193,9 +194,13 @@ class ChunkStore:
         """Bytes of stored, visible chunks (not counting writes in progress)."""
         return self._bytes_used
 
-    def image_bytes(self, identity: str) -> int:
+    def image_usage(self, identity: str) -> tuple[int, float | None]:
+        """Stored bytes of an image version and its chunks' latest access (Unix time).
+
+        Scans the index: for the admin API, not for the data path."""
         prefix = identity + ":"
-        return sum(r.length for k, r in self._index.items() if k.startswith(prefix))
+        records = [r for k, r in self._index.items() if k.startswith(prefix)]
+        return sum(r.length for r in records), max((r.last_access for r in records), default=None)
 
     async def open_chunk(self, identity: str, index: int, length: int) -> BinaryIO | bytes | None:
         """Return the chunk as an open file (caller closes it) or as bytes; None on a miss.
@@ -274,6 +279,23 @@ class ChunkStore:
         record.last_access = time.time()
         self._index.move_to_end(key)
         self._touched.add(key)
+
+    async def verify_chunks(self, identity: str) -> tuple[int, int]:
+        """Re-read every stored chunk of an image version against its checksum; drop the bad.
+
+        Returns (good, dropped)."""
+        prefix = identity + ":"
+        keys = [(k, r) for k, r in self._index.items() if k.startswith(prefix)]
+        good = dropped = 0
+        for key, record in keys:
+            data = await self._run(self._read_blocking, record.path)
+            if data is not None and len(data) == record.length and zlib.crc32(data) == record.crc:
+                record.verified = True
+                good += 1
+            else:
+                await self._forget(key, "checksum mismatch on verify")
+                dropped += 1
+        return good, dropped
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -397,6 +419,29 @@ class ChunkStore:
     async def load_meta(self, url: str) -> dict[str, Any] | None:
         value = await self._run(self._cache.get, _META + url)
         return value if isinstance(value, dict) else None
+
+    # -- small service state (prewarm jobs, run-time images) -------------------------------
+
+    async def save_state(self, name: str, value: Any) -> None:
+        """Persist a small picklable value under `name` (not a chunk; never evicted)."""
+        await self._run(self._cache.set, _STATE + name, value)
+
+    async def delete_state(self, name: str) -> None:
+        await self._run(self._cache.delete, _STATE + name)
+
+    async def load_states(self, prefix: str) -> dict[str, Any]:
+        """Every saved value whose name starts with `prefix`."""
+
+        def load() -> dict[str, Any]:
+            found = {}
+            for key in self._cache.iterkeys():
+                if isinstance(key, str) and key.startswith(_STATE + prefix):
+                    value = self._cache.get(key)
+                    if value is not None:
+                        found[key[len(_STATE) :]] = value
+            return found
+
+        return await self._run(load)
 
     # -- access-time persistence ----------------------------------------------------------
 

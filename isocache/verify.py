@@ -52,12 +52,21 @@ class Verifier:
             return
         if self._store.chunk_count(identity) < version.chunk_count(self._store.chunk_size):
             return
-        task = asyncio.create_task(self.verify(version), name=f"verify-{identity}")
+        task = asyncio.create_task(self._verify(version), name=f"verify-{identity}")
         self._running[identity] = task
         task.add_done_callback(lambda _: self._running.pop(identity, None))
 
-    async def verify(self, version: ImageVersion) -> bool | None:
-        """Hash the cached image; None when it is not complete or has no expected digest."""
+    async def verify(self, version: ImageVersion, *, again: bool = False) -> bool | None:
+        """The verification result of this version, hashing it if that was not done yet
+        (or `again`); None when it is not complete or has no expected digest."""
+        running = self._running.get(version.identity)
+        if running is not None:
+            await asyncio.shield(running)
+        if not again and version.identity in self._results:
+            return self._results[version.identity]
+        return await self._verify(version)
+
+    async def _verify(self, version: ImageVersion) -> bool | None:
         expected = expected_digest(version)
         paths = self._store.chunk_paths(
             version.identity, version.chunk_count(self._store.chunk_size)

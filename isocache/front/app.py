@@ -5,18 +5,25 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from isocache.admin.api import AdminApi
+from isocache.admin.prewarm import PrewarmManager
 from isocache.front.errors import error_middleware
 from isocache.front.images import ImageHandlers
 from isocache.metrics import Metrics
 
 
-def build_app(images: ImageHandlers, metrics: Metrics) -> web.Application:
+def build_app(
+    images: ImageHandlers, admin: AdminApi, metrics: Metrics, prewarm: PrewarmManager
+) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def metrics_page(request: web.Request) -> web.Response:
+        counts = prewarm.counts()
+        for state in ("queued", "running", "done", "failed", "cancelled"):
+            metrics.prewarm_jobs.labels(state).set(counts.get(state, 0))
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -24,6 +31,7 @@ def build_app(images: ImageHandlers, metrics: Metrics) -> web.Application:
         [
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_page),
+            *admin.routes(),
             *images.routes(),
         ]
     )

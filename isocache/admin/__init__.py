@@ -1,0 +1,1 @@
+"""The admin API: prewarm jobs, image status, evict, pin, verify, run-time images."""

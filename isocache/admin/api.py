@@ -1,0 +1,260 @@
+"""The admin API on the service's listener: image status, prewarm jobs, evict, pin, verify,
+run-time images. Reads need no token; every mutation needs `Authorization: Bearer <token>`
+when [admin] token is set (401 without one, 403 with a wrong one), checked before anything
+else is looked at, so a refused request has no side effect."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from isocache.admin.openapi import OPENAPI
+from isocache.admin.prewarm import PrewarmManager
+from isocache.catalog import Catalog
+from isocache.config import redact_url
+from isocache.errors import BadRequest, Conflict, Forbidden, ImageNotFound, NotFound, Unauthorized
+from isocache.image import ImageRef, ImageVersion
+from isocache.resolver import Resolver
+from isocache.store import ChunkStore
+from isocache.verify import Verifier
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_IMAGES_STATE = "images/"
+_PINS_STATE = "pins/"
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+class AdminApi:
+    def __init__(
+        self,
+        *,
+        token: str | None,
+        catalog: Catalog,
+        resolver: Resolver,
+        store: ChunkStore,
+        verifier: Verifier,
+        prewarm: PrewarmManager,
+    ) -> None:
+        self._token = token
+        self._catalog = catalog
+        self._resolver = resolver
+        self._store = store
+        self._verifier = verifier
+        self._prewarm = prewarm
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/openapi.json", self.openapi),
+            web.get("/api/images", self.list_images),
+            web.put("/api/images/{name}", self.register),
+            web.delete("/api/images/{name}", self.unregister),
+            web.delete("/api/images/{name}/cache", self.evict),
+            web.put("/api/images/{name}/pin", self.pin),
+            web.delete("/api/images/{name}/pin", self.unpin),
+            web.post("/api/images/{name}/verify", self.verify),
+            web.get("/api/prewarm", self.list_jobs),
+            web.post("/api/prewarm", self.start_prewarm),
+            web.get("/api/prewarm/{id}", self.get_job),
+            web.delete("/api/prewarm/{id}", self.cancel_job),
+        ]
+
+    # -- start-up: run-time state ---------------------------------------------------------
+
+    async def restore(self) -> None:
+        """Re-register run-time images and re-apply run-time pins saved in the store."""
+        for key, value in (await self._store.load_states(_IMAGES_STATE)).items():
+            name = key[len(_IMAGES_STATE) :]
+            try:
+                self._catalog.register(
+                    name, value["url"], value.get("sha256"), bool(value.get("pin"))
+                )
+            except (KeyError, TypeError, Conflict, Forbidden) as exc:
+                log.warning("admin-restore-skipped image=%s reason=%s", name, exc)
+        for key, pinned in (await self._store.load_states(_PINS_STATE)).items():
+            name = key[len(_PINS_STATE) :]
+            try:
+                self._catalog.set_pinned(name, bool(pinned))
+            except ImageNotFound:
+                continue
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _authorise(self, request: web.Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get("Authorization")
+        if header is None:
+            raise Unauthorized("this needs Authorization: Bearer <token>")
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise Unauthorized("malformed Authorization header; expected Bearer <token>")
+        if not hmac.compare_digest(credentials.strip().encode(), self._token.encode()):
+            raise Forbidden("wrong token")
+
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            raise BadRequest("the body must be a JSON object") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    def _image(self, request: web.Request) -> ImageRef:
+        return self._catalog.image(request.match_info["name"])
+
+    async def _version(self, ref: ImageRef) -> ImageVersion | None:
+        """The last known version, without asking the origin."""
+        return self._resolver.known(ref.url) or await self._resolver.persisted(ref)
+
+    async def _describe(self, ref: ImageRef) -> dict[str, Any]:
+        version = await self._version(ref)
+        cached, last_access = self._store.image_usage(version.identity) if version else (0, None)
+        return {
+            "name": ref.name,
+            "url": redact_url(ref.url),
+            "size": version.size if version else None,
+            "cached_bytes": cached,
+            "pinned": ref.pinned,
+            "verified": self._verifier.result(version.identity) if version else None,
+            "last_access": _iso(last_access),
+        }
+
+    # -- handlers -------------------------------------------------------------------------
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    async def list_images(self, request: web.Request) -> web.Response:
+        images = [await self._describe(ref) for ref in self._catalog.images().values()]
+        return web.json_response(images)
+
+    async def register(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        name = request.match_info["name"]
+        if not _NAME.fullmatch(name):
+            raise BadRequest("image names are letters, digits, '.', '_' and '-'")
+        body = await self._body(request)
+        url, sha256, pin = body.get("url"), body.get("sha256"), body.get("pin", False)
+        if not isinstance(url, str) or not url:
+            raise BadRequest("url must be a string")
+        if sha256 is not None and (not isinstance(sha256, str) or not _SHA256.fullmatch(sha256)):
+            raise BadRequest("sha256 must be 64 hexadecimal digits")
+        if not isinstance(pin, bool):
+            raise BadRequest("pin must be true or false")
+        if set(body) - {"url", "sha256", "pin"}:
+            raise BadRequest(
+                f"unknown fields: {', '.join(sorted(set(body) - {'url', 'sha256', 'pin'}))}"
+            )
+        existed = name in self._catalog.images()
+        ref = self._catalog.register(name, url, sha256.lower() if sha256 else None, pin)
+        await self._store.save_state(
+            _IMAGES_STATE + name, {"url": url, "sha256": ref.sha256, "pin": pin}
+        )
+        return web.json_response(await self._describe(ref), status=200 if existed else 201)
+
+    async def unregister(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        name = request.match_info["name"]
+        ref = self._catalog.unregister(name)
+        await self._store.delete_state(_IMAGES_STATE + name)
+        version = await self._version(ref)
+        if version is not None:
+            self._store.unpin(version.identity)
+        return web.json_response({"name": name, "unregistered": True})
+
+    async def evict(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        ref = self._image(request)
+        version = await self._version(ref)
+        dropped = await self._store.drop_image(version.identity) if version else 0
+        return web.json_response({"name": ref.name, "evicted_chunks": dropped})
+
+    async def pin(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        ref = self._image(request)
+        version = await self._resolver.resolve(ref)
+        pinned = 0
+        for other in self._catalog.images().values():
+            if other.pinned and other.name != ref.name:
+                known = await self._version(other)
+                pinned += known.size if known else 0
+        if pinned + version.size > self._store.size_limit:
+            raise Conflict(
+                f"pinning {ref.name} ({version.size} bytes) next to {pinned} pinned bytes "
+                f"would exceed cache.size_limit ({self._store.size_limit} bytes)"
+            )
+        ref = self._catalog.set_pinned(ref.name or "", True)
+        self._store.pin(version.identity)
+        await self._store.save_state(_PINS_STATE + (ref.name or ""), True)
+        return web.json_response(await self._describe(ref))
+
+    async def unpin(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        ref = self._catalog.set_pinned(self._image(request).name or "", False)
+        version = await self._version(ref)
+        if version is not None:
+            self._store.unpin(version.identity)
+        await self._store.save_state(_PINS_STATE + (ref.name or ""), False)
+        return web.json_response(await self._describe(ref))
+
+    async def verify(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        ref = self._image(request)
+        version = await self._resolver.resolve(ref)
+        good, dropped = await self._store.verify_chunks(version.identity)
+        verified = await self._verifier.verify(version, again=True)
+        return web.json_response(
+            {"name": ref.name, "chunks_ok": good, "chunks_dropped": dropped, "verified": verified}
+        )
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response([job.view() for job in self._prewarm.jobs()])
+
+    async def start_prewarm(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        body = await self._body(request)
+        target: dict[str, str]
+        if isinstance(body.get("image"), str) and "path" not in body:
+            target = {"image": body["image"]}
+        elif isinstance(body.get("path"), str) and "image" not in body:
+            target = {"path": body["path"]}
+        else:
+            raise BadRequest('give exactly one of "image": NAME or "path": "/origins/NAME/..."')
+        range_header = body.get("range")
+        if range_header is not None and not isinstance(range_header, str):
+            raise BadRequest('range must be a string like "bytes=0-1048575"')
+        job = await self._prewarm.submit(target, range_header)
+        view = job.view()
+        return web.json_response(
+            {"id": job.id, "status_url": view["status_url"]},
+            status=202,
+            headers={"Location": view["status_url"]},
+        )
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        job = self._prewarm.get(request.match_info["id"])
+        if job is None:
+            raise NotFound("no such prewarm job")
+        return web.json_response(job.view())
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        job = await self._prewarm.cancel(request.match_info["id"])
+        if job is None:
+            raise NotFound("no such prewarm job")
+        return web.json_response(job.view())

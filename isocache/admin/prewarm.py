@@ -1,0 +1,233 @@
+"""Prewarm jobs: fill every missing chunk of an image (or a range of it) ahead of demand.
+
+Jobs fetch on several origin connections at once as background fills, so a VM's miss never
+queues behind them; present chunks are never fetched again. Jobs are persisted in the store:
+one that was queued or running when the service stopped runs again after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from isocache.errors import IsocacheError, OriginError
+from isocache.fill import Filler
+from isocache.image import ImageRef
+from isocache.ranges import ByteRange, parse_range
+from isocache.resolver import Resolver
+from isocache.store import ChunkStore
+from isocache.verify import Verifier, expected_digest
+
+log = logging.getLogger(__name__)
+
+_STATE_PREFIX = "prewarm/"
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class PrewarmJob:
+    id: str
+    target: dict[str, str]  # {"image": NAME} or {"path": "/origins/NAME/x.iso"}
+    range: str | None = None  # a Range header value, e.g. "bytes=0-1048575"
+    state: str = "queued"
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    fetched: int = 0  # bytes this run fetched (for the rate), not persisted meaningfully
+
+    def view(self) -> dict[str, Any]:
+        rate = None
+        if self.started and self.fetched:
+            elapsed = (self.finished or time.time()) - self.started
+            rate = self.fetched / elapsed if elapsed > 0 else None
+        eta = None
+        if rate and self.bytes_total is not None and self.state == "running":
+            eta = (self.bytes_total - self.bytes_done) / rate
+        return {
+            "id": self.id,
+            "target": self.target,
+            "range": self.range,
+            "state": self.state,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "rate": rate,
+            "eta": eta,
+            "error": self.error,
+            "status_url": f"/api/prewarm/{self.id}",
+        }
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "target": self.target,
+            "range": self.range,
+            "state": self.state,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "error": self.error,
+            "created": self.created,
+        }
+
+
+class PrewarmManager:
+    """Runs prewarm jobs. Use on the event loop."""
+
+    def __init__(
+        self,
+        *,
+        lookup: Callable[[dict[str, str]], ImageRef],
+        resolver: Resolver,
+        store: ChunkStore,
+        filler: Filler,
+        verifier: Verifier,
+        parallel: int,
+    ) -> None:
+        self._lookup = lookup
+        self._resolver = resolver
+        self._store = store
+        self._filler = filler
+        self._verifier = verifier
+        self._parallel = max(1, parallel)
+        self._jobs: dict[str, PrewarmJob] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
+
+    def jobs(self) -> list[PrewarmJob]:
+        return list(self._jobs.values())
+
+    def get(self, job_id: str) -> PrewarmJob | None:
+        return self._jobs.get(job_id)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for job in self._jobs.values():
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return counts
+
+    async def submit(self, target: dict[str, str], range_header: str | None) -> PrewarmJob:
+        """Queue a job. Raises ImageNotFound (unknown image) or BadRequest (bad range)
+        before anything is queued."""
+        self._lookup(target)
+        if range_header is not None:
+            parse_range(range_header, 2**62)  # syntax only; satisfiability needs the size
+        job = PrewarmJob(secrets.token_hex(8), target, range_header)
+        self._jobs[job.id] = job
+        await self._save(job)
+        self._start(job)
+        return job
+
+    async def cancel(self, job_id: str) -> PrewarmJob | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        task = self._tasks.get(job_id)
+        if task is not None and job.state in ACTIVE:
+            job.state = "cancelled"
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            job.finished = time.time()
+            await self._save(job)
+        return job
+
+    async def resume(self) -> None:
+        """Load saved jobs; run again those that were queued or running."""
+        for record in (await self._store.load_states(_STATE_PREFIX)).values():
+            try:
+                job = PrewarmJob(**record)
+            except TypeError:
+                continue
+            self._jobs[job.id] = job
+            if job.state in ACTIVE:
+                log.info("prewarm-resume id=%s target=%s", job.id, job.target)
+                job.state = "queued"
+                self._start(job)
+
+    async def close(self) -> None:
+        """Stop running jobs without marking them cancelled: they resume after a restart."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, job: PrewarmJob) -> None:
+        task = asyncio.create_task(self._run(job), name=f"prewarm-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
+
+    async def _save(self, job: PrewarmJob) -> None:
+        try:
+            await self._store.save_state(_STATE_PREFIX + job.id, job.record())
+        except OSError as exc:
+            log.warning("prewarm-save-failed id=%s error=%s", job.id, exc)
+
+    async def _run(self, job: PrewarmJob) -> None:
+        try:
+            job.state = "running"
+            job.started = time.time()
+            job.fetched = 0
+            await self._save(job)
+            await self._fill(job)
+            job.state = "done"
+        except asyncio.CancelledError:
+            if self._closing:
+                return  # stays "running" on disk: resumed after a restart
+            raise
+        except IsocacheError as exc:
+            job.state, job.error = "failed", exc.detail
+        except Exception as exc:
+            log.exception("prewarm-crashed id=%s", job.id)
+            job.state, job.error = "failed", f"internal error: {type(exc).__name__}"
+        job.finished = time.time()
+        log.info("prewarm-end id=%s state=%s bytes=%d", job.id, job.state, job.bytes_done)
+        await self._save(job)
+
+    async def _fill(self, job: PrewarmJob) -> None:
+        version = await self._resolver.resolve(self._lookup(job.target))
+        chunk_size = self._store.chunk_size
+        ranges = parse_range(job.range, version.size) if job.range else None
+        span = ranges[0] if ranges else ByteRange(0, version.size)
+        indexes = list(span.chunk_indexes(chunk_size))
+        total = sum(version.chunk_length(i, chunk_size) for i in indexes)
+        job.bytes_total = total
+        done = sum(
+            version.chunk_length(i, chunk_size)
+            for i in indexes
+            if self._store.contains(version.identity, i)
+        )
+        job.bytes_done = max(job.bytes_done, done)
+        missing = [i for i in indexes if not self._store.contains(version.identity, i)]
+        pending: dict[asyncio.Future[bytes], int] = {}
+        position = 0
+        while position < len(missing) or pending:
+            while position < len(missing) and len(pending) < self._parallel:
+                index = missing[position]
+                position += 1
+                if self._store.contains(version.identity, index):
+                    continue
+                self._filler.request(version, [index], background=True)
+                future = self._filler.pending(version, index)
+                if future is not None:
+                    pending[asyncio.shield(future)] = index
+            if not pending:
+                continue
+            finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in finished:
+                index = pending.pop(future)
+                future.result()  # a failed fill fails the job
+                await self._filler.settled(version, index)
+                length = version.chunk_length(index, chunk_size)
+                job.fetched += length
+                job.bytes_done = min(total, job.bytes_done + length)
+        whole = span.length == version.size
+        if whole and expected_digest(version) and await self._verifier.verify(version) is False:
+            self._verifier.check(version)  # raises with both digests
+            raise OriginError("image failed verification")
