@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -171,3 +172,35 @@ async def test_damaged_chunk_file_after_restart_is_refetched(
     status, _, body = await fetch(client, proc.url + "images/img")
     assert (status, body) == (200, data)
     assert 0 < origin.body_bytes() <= 5 * CHUNK
+
+
+async def test_prewarm_running_at_stop_resumes_after_restart(
+    proc: ProcessService, origin: OriginServer, client: aiohttp.ClientSession
+) -> None:
+    data = generate_image(SIZE, seed=40)
+    origin.per_connection_rate = 1_000_000  # slow enough to stop it midway
+    await proc.start()
+    async with client.post(proc.url + "api/prewarm", json={"image": "img"}) as resp:
+        assert resp.status == 202
+        job_id = (await resp.json())["id"]
+    deadline = time.monotonic() + 20
+    while origin.body_bytes() < 4 * CHUNK:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert await proc.stop() == 0
+    origin.per_connection_rate = None
+    await proc.start()
+    deadline = time.monotonic() + 30
+    while True:
+        status, _, body = await fetch(client, proc.url + f"api/prewarm/{job_id}")
+        assert status == 200
+        job = json.loads(body)
+        if job["state"] == "done":
+            break
+        assert job["state"] in ("queued", "running"), job
+        assert time.monotonic() < deadline, job
+        await asyncio.sleep(0.05)
+    assert job["bytes_done"] == SIZE
+    origin.reset_log()
+    assert (await fetch(client, proc.url + "images/img"))[2] == data
+    assert origin.body_bytes() == 0
