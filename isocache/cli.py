@@ -1,13 +1,17 @@
-"""Command line: `isocache serve --config FILE`.
+"""Command line: `isocache serve --config FILE`, and admin commands that talk to a running
+service: prewarm, status, evict, pin, unpin, verify, register.
 
-A bad config exits with status 2 and one line naming the file and the dotted key.
+A bad config exits with status 2 and one line naming the file and the dotted key; an admin
+command that fails exits 1 with one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 
 from isocache import __version__
@@ -22,7 +26,92 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the caching proxy")
     serve.add_argument("--config", "-c", required=True, help="path of the TOML config file")
+
+    def admin(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--server", help="admin API base URL (default: the config's listen address)"
+        )
+        sub.add_argument("--config", "-c", help="read the default --server from this config")
+        sub.add_argument("--token", help="admin token (default: $ISOCACHE_TOKEN)")
+        return sub
+
+    prewarm = admin("prewarm", "fetch a whole image into the cache")
+    prewarm.add_argument("name")
+    prewarm.add_argument("--wait", action="store_true", help="follow it; exit 0 only when cached")
+    status = admin("status", "list images and how much of each is cached")
+    status.add_argument("--json", action="store_true")
+    for name, text in [
+        ("evict", "drop an image's chunks"),
+        ("pin", "never evict an image"),
+        ("unpin", "let an image be evicted again"),
+        ("verify", "re-check an image's chunks and sha256"),
+    ]:
+        admin(name, text).add_argument("name")
+    register = admin("register", "add an image at run time (under a configured origin)")
+    register.add_argument("name")
+    register.add_argument("url")
+    register.add_argument("--sha256")
+    register.add_argument("--pin", action="store_true")
     return parser
+
+
+def _server(args: argparse.Namespace) -> str:
+    if args.server:
+        return str(args.server)
+    if args.config:
+        server = load_config(args.config).server
+        host = f"[{server.host}]" if ":" in server.host else server.host
+        return f"http://{host}:{server.port}/"
+    return "http://127.0.0.1:8080/"
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from isocache.client import AdminClient, AdminClientError, print_status, wait_for_job
+
+    try:
+        client = AdminClient(_server(args), args.token or os.environ.get("ISOCACHE_TOKEN"))
+        name = getattr(args, "name", "")
+        if args.command == "status":
+            images = client.call("GET", "api/images")
+            if args.json:
+                print(json.dumps(images, indent=2))
+            else:
+                print_status(images)
+        elif args.command == "prewarm":
+            job = client.call("POST", "api/prewarm", {"image": name})
+            if not args.wait:
+                print(job["id"])
+                return 0
+            final = wait_for_job(client, job["id"])
+            if final["state"] != "done":
+                raise AdminClientError(
+                    f"prewarm {final['state']}: {final.get('error') or ''}".strip()
+                )
+        elif args.command == "evict":
+            evicted = client.call("DELETE", f"api/images/{name}/cache")["evicted_chunks"]
+            print(f"evicted {evicted} chunks")
+        elif args.command in ("pin", "unpin"):
+            client.call("PUT" if args.command == "pin" else "DELETE", f"api/images/{name}/pin")
+        elif args.command == "verify":
+            result = client.call("POST", f"api/images/{name}/verify")
+            print(json.dumps(result))
+            if result["verified"] is False or result["chunks_dropped"]:
+                return 1
+        elif args.command == "register":
+            body = {
+                "url": args.url,
+                "pin": args.pin,
+                **({"sha256": args.sha256} if args.sha256 else {}),
+            }
+            client.call("PUT", f"api/images/{name}", body)
+    except AdminClientError as exc:
+        print(f"isocache: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"isocache: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(run(config))
         return 0
-    return 1
+    return _admin(args)
 
 
 if __name__ == "__main__":

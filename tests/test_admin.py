@@ -192,6 +192,7 @@ async def test_prewarm_verifies_sha256(
     extra = f'[images.sum]\nurl = "{origin.url}sum.raw"\nsha256 = "{digest}"\n'
     service = await admin_service(origin, make_service, extra=extra)
     status, created = await call(client, "POST", service.url + "api/prewarm", {"image": "sum"})
+    assert status == 202
     job = await wait_job(client, service.url, created["id"], ("done", "failed"))
     images = {i["name"]: i for i in (await call(client, "GET", service.url + "api/images"))[1]}
     if right:
