@@ -42,6 +42,7 @@ class ServerConfig:
     keepalive: str = "auto"
     log_level: str = "info"
     sendfile: bool = True
+    access_log: str = "debug"  # level of the per-request log lines: "debug", "info" or "off"
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,7 @@ def _server(table: _Table) -> ServerConfig:
         keepalive=table.choice("keepalive", "auto", _KEEPALIVE),
         log_level=table.choice("log_level", "info", _LOG_LEVELS),
         sendfile=table.get("sendfile", bool, "true or false", True),
+        access_log=table.choice("access_log", "debug", ("debug", "info", "off")),
     )
     table.finish()
     return config

@@ -16,6 +16,7 @@ from isocache.fill import Filler
 from isocache.image import ImageVersion
 from isocache.metrics import Metrics
 from isocache.ranges import ByteRange
+from isocache.request_stats import current_stats
 from isocache.store import ChunkStore
 
 # qemu's curl driver asks for read size + 256 KiB readahead, so consecutive reads overlap.
@@ -134,6 +135,8 @@ class Reader:
             if source is not None:
                 if not missed:
                     self._metrics.chunk_hits.inc()
+                    if (stats := current_stats.get()) is not None:
+                        stats.hits += 1
                 return source
             future = self._filler.pending(version, index)
             if future is None:
@@ -144,6 +147,8 @@ class Reader:
             if not missed:
                 missed = True
                 self._metrics.chunk_misses.inc()
+                if (stats := current_stats.get()) is not None:
+                    stats.misses += 1
                 if index not in started:
                     self._metrics.chunk_coalesced.inc()
             # shield: a client that goes away must not cancel a fill others wait on.

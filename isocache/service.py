@@ -106,7 +106,10 @@ class Service:
         images = ImageHandlers(
             self.catalog, resolver, reader, self.metrics, settings, self.verifier
         )
-        app = build_app(images, self.admin, self.metrics, self.prewarm)
+        levels = {"debug": logging.DEBUG, "info": logging.INFO, "off": None}
+        app = build_app(
+            images, self.admin, self.metrics, self.prewarm, levels[config.server.access_log]
+        )
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextlib
 import os
 from pathlib import Path
@@ -140,3 +141,33 @@ async def test_size_limit_and_pins_under_eviction_pressure(
     status, _, body = await fetch(client, service.url + "images/i1")
     assert (status, body) == (200, images["i1"])
     assert origin.body_bytes() > 0  # unpinned: evicted by the others, fetched again
+
+
+async def test_access_log_line_per_request(
+    origin: OriginServer,
+    make_service: MakeService,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = generate_image(4 * CHUNK, seed=63)
+    origin.add_file("img.raw", data)
+    service = await make_service(
+        origin.url,
+        images={"img": "img.raw"},
+        extra='[admin]\ntoken = "t0p"\n',
+    )
+    caplog.set_level(logging.DEBUG, logger="isocache.access")
+    url = service.url + "images/img"
+    await fetch(client, url + "?secret=abc", {"Range": "bytes=0-99"})  # miss
+    deadline = asyncio.get_running_loop().time() + 10
+    while service.store.bytes_used < CHUNK:  # stored just after it was served
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    await fetch(client, url, {"Range": "bytes=0-99"})  # hit
+    await fetch(client, url, {"Range": f"bytes=0-{2 * CHUNK}"})  # mixed
+    await fetch(client, service.url + "images/nope")
+    lines = [r.getMessage() for r in caplog.records if r.name == "isocache.access"]
+    assert lines[0].startswith("GET /images/img range=bytes=0-99 status=206 bytes=100 cache=miss")
+    assert "cache=hit" in lines[1] and "cache=mixed" in lines[2]
+    assert "status=404" in lines[3]
+    assert not any("secret" in line for line in lines)

@@ -7,15 +7,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from isocache.admin.api import AdminApi
 from isocache.admin.prewarm import PrewarmManager
+from isocache.front.access_log import access_log_middleware
 from isocache.front.errors import error_middleware
 from isocache.front.images import ImageHandlers
 from isocache.metrics import Metrics
 
 
 def build_app(
-    images: ImageHandlers, admin: AdminApi, metrics: Metrics, prewarm: PrewarmManager
+    images: ImageHandlers,
+    admin: AdminApi,
+    metrics: Metrics,
+    prewarm: PrewarmManager,
+    access_log_level: int | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024)
+    middlewares = [error_middleware]
+    if access_log_level is not None:
+        middlewares.insert(0, access_log_middleware(access_log_level))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

@@ -26,6 +26,7 @@ from isocache.image import ImageRef, ImageVersion
 from isocache.metrics import Metrics
 from isocache.ranges import ByteRange, if_range_allows, multipart_layout, parse_range
 from isocache.reader import Piece, Reader
+from isocache.request_stats import current_stats
 from isocache.resolver import Resolver
 from isocache.units import MiB
 from isocache.verify import Verifier
@@ -203,6 +204,8 @@ class ImageHandlers:
         else:
             await self._buffered(response, source, piece)
         self._metrics.client_bytes.inc(piece.length)
+        if (stats := current_stats.get()) is not None:
+            stats.body_bytes = (stats.body_bytes or 0) + piece.length
 
     @staticmethod
     async def _sendfile(request: web.Request, source: BinaryIO, piece: Piece) -> None:
