@@ -271,3 +271,28 @@ async def test_metrics_match_the_origin_log_and_the_client(
     assert sample("isocache_chunk_misses_total") > misses
     status, _, text = await fetch(client, service.url + "metrics")
     assert status == 200 and b'isocache_prewarm_jobs{state="running"}' in text
+
+
+async def test_prewarm_a_range_and_yield_to_client_reads(
+    origin: OriginServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    service = await admin_service(origin, make_service)
+    base = service.url
+    body = {"image": "img", "range": f"bytes={CHUNK}-{3 * CHUNK - 1}"}
+    status, created = await call(client, "POST", base + "api/prewarm", body)
+    job = await wait_job(client, base, created["id"], ("done",))
+    assert job["bytes_total"] == job["bytes_done"] == 2 * CHUNK
+    assert origin.body_bytes("img.raw") == 2 * CHUNK
+    # A slow whole-image prewarm does not hold up a VM's miss on the same image.
+    origin.per_connection_rate = 150_000  # ~0.45 s per chunk, ~4 s for the prewarm
+    status, created = await call(client, "POST", base + "api/prewarm", {"image": "img"})
+    deadline = time.monotonic() + 10
+    while origin.body_bytes("img.raw") <= 2 * CHUNK:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    status, _, data = await fetch(client, base + "images/img", {"Range": f"bytes={SIZE - 100}-"})
+    assert (status, data) == (206, generate_image(SIZE, seed=120)[-100:])
+    _, job = await call(client, "GET", base + f"api/prewarm/{created['id']}")
+    assert job["state"] == "running"  # the client was served while the prewarm went on
+    origin.per_connection_rate = None
+    assert (await wait_job(client, base, created["id"], ("done",)))["bytes_done"] == SIZE

@@ -204,3 +204,23 @@ async def test_prewarm_running_at_stop_resumes_after_restart(
     origin.reset_log()
     assert (await fetch(client, proc.url + "images/img"))[2] == data
     assert origin.body_bytes() == 0
+
+
+async def test_runtime_images_and_pins_survive_restart(
+    proc: ProcessService, origin: OriginServer, client: aiohttp.ClientSession
+) -> None:
+    origin.add_file("later.iso", generate_image(1000, seed=41))
+    await proc.start()
+    async with client.put(
+        proc.url + "api/images/later", json={"url": origin.url + "later.iso"}
+    ) as resp:
+        assert resp.status == 201
+    async with client.put(proc.url + "api/images/img/pin") as resp:
+        assert resp.status == 200
+    assert await proc.stop() == 0
+    await proc.start()
+    status, _, body = await fetch(client, proc.url + "api/images")
+    assert status == 200
+    images = {i["name"]: i for i in json.loads(body)}
+    assert images["later"]["url"] == origin.url + "later.iso" and images["img"]["pinned"]
+    assert (await fetch(client, proc.url + "images/later"))[2] == generate_image(1000, seed=41)

@@ -211,12 +211,15 @@ class PrewarmManager:
             while position < len(missing) and len(pending) < self._parallel:
                 index = missing[position]
                 position += 1
-                if self._store.contains(version.identity, index):
-                    continue
-                self._filler.request(version, [index], background=True)
+                if not self._store.contains(version.identity, index):
+                    self._filler.request(version, [index], background=True)
                 future = self._filler.pending(version, index)
                 if future is not None:
                     pending[asyncio.shield(future)] = index
+                elif self._store.contains(version.identity, index):  # a client fetched it
+                    job.bytes_done = min(
+                        total, job.bytes_done + version.chunk_length(index, chunk_size)
+                    )
             if not pending:
                 continue
             finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
