@@ -7,9 +7,42 @@ at its own boundary.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
+
+from isocache.errors import OriginError, OriginTimeout
+
+log = logging.getLogger(__name__)
+
+# Backoff before retry N (seconds). The sum stays well inside qemu's 5 s per-request budget.
+_BACKOFF = (0.05, 0.2, 0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchLimits:
+    """How a backend talks to its origin: [fetch] in the config."""
+
+    connect_timeout: float = 3.0
+    read_timeout: float = 4.0  # longest silence while waiting for origin bytes
+    retries: int = 3
+    max_connections: int = 16
+
+
+DEFAULT_LIMITS = FetchLimits()
+
+
+async def back_off(exc: OriginError, attempt: int, limits: FetchLimits, what: str) -> None:
+    """Wait before retry number `attempt` of a failed origin operation, or raise `exc` when
+    it is not to be retried: a definite answer, out of retries, or a timeout (qemu gives a
+    request 5 s in all: one more read_timeout would spend it, so answer 504 while the client
+    still listens)."""
+    if not exc.retryable or isinstance(exc, OriginTimeout) or attempt >= limits.retries:
+        raise exc
+    log.info("origin-retry %s attempt=%d error=%s", what, attempt + 1, exc.detail)
+    await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
 
 
 @dataclass(frozen=True, slots=True)

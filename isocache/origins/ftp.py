@@ -27,25 +27,24 @@ from isocache.errors import (
     OriginTimeout,
     OriginUnavailable,
 )
-from isocache.origins.base import ListEntry, OriginMeta, plain_name
+from isocache.origins.base import (
+    DEFAULT_LIMITS,
+    FetchLimits,
+    ListEntry,
+    OriginMeta,
+    back_off,
+    plain_name,
+)
 
 log = logging.getLogger(__name__)
 
-_BACKOFF = (0.05, 0.2, 0.5, 1.0)
 _READ_PIECE = 256 * 1024
 
 
 class FtpOrigin:
     """One configured FTP(S) origin. Use on the event loop."""
 
-    def __init__(
-        self,
-        config: OriginConfig,
-        *,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 4.0,
-        retries: int = 3,
-    ) -> None:
+    def __init__(self, config: OriginConfig, limits: FetchLimits = DEFAULT_LIMITS) -> None:
         parts = urlsplit(config.url)
         self._tls = parts.scheme.lower() == "ftps"
         self._host = parts.hostname or ""
@@ -55,9 +54,7 @@ class FtpOrigin:
             unquote(parts.password) if parts.password else "anonymous@"
         )
         self._label = redact_url(config.url)
-        self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
-        self._retries = retries
+        self._limits = limits
         self._sessions = asyncio.Semaphore(config.max_sessions)
         self._idle: list[aioftp.Client] = []
         self._spent: set[aioftp.Client] = set()  # sessions that must not go back to the pool
@@ -86,8 +83,8 @@ class FtpOrigin:
 
     async def _login(self) -> aioftp.Client:
         client = aioftp.Client(
-            socket_timeout=self._read_timeout,
-            connection_timeout=self._connect_timeout,
+            socket_timeout=self._limits.read_timeout,
+            connection_timeout=self._limits.connect_timeout,
             encoding="utf-8",
         )
         try:
@@ -166,9 +163,7 @@ class FtpOrigin:
                 async with self._mapped(url), self._session() as client:
                     return await self._meta(client, path)
             except OriginError as exc:
-                if not exc.retryable or isinstance(exc, OriginTimeout) or attempt >= self._retries:
-                    raise
-                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                await back_off(exc, attempt, self._limits, f"op=stat url={redact_url(url)}")
                 attempt += 1
 
     async def list(self, url: str) -> AsyncIterator[ListEntry]:
@@ -206,15 +201,8 @@ class FtpOrigin:
                         attempt = 0
                         yield data
             except OriginError as exc:
-                if not exc.retryable or isinstance(exc, OriginTimeout) or attempt >= self._retries:
-                    raise
-                log.info(
-                    "origin-retry op=read url=%s position=%d error=%s",
-                    redact_url(url),
-                    position,
-                    exc.detail,
-                )
-                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                where = f"op=read url={redact_url(url)} position={position}"
+                await back_off(exc, attempt, self._limits, where)
                 attempt += 1
 
     async def _retrieve(

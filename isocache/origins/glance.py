@@ -26,7 +26,7 @@ import aiohttp
 
 from isocache.config import OriginConfig
 from isocache.errors import ImageNotFound, OriginError, OriginProtocolError
-from isocache.origins.base import ListEntry, OriginMeta, plain_name
+from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, OriginMeta, plain_name
 from isocache.origins.http import HttpOrigin
 
 log = logging.getLogger(__name__)
@@ -42,24 +42,13 @@ _PAGE = 200
 class GlanceOrigin(HttpOrigin):
     """One configured Glance endpoint. Use on the event loop."""
 
-    def __init__(
-        self,
-        config: OriginConfig,
-        *,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 4.0,
-        retries: int = 3,
-        max_connections: int = 16,
-    ) -> None:
+    def __init__(self, config: OriginConfig, limits: FetchLimits = DEFAULT_LIMITS) -> None:
         base = config.url
         auth_url = config.auth_url or ""
         super().__init__(
             # Glance may redirect image data to its own store only within the endpoint.
             is_allowed=lambda url: url.startswith(base),
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries=retries,
-            max_connections=max_connections,
+            limits=limits,
         )
         self._name = config.name
         self._base = base

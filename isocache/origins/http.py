@@ -7,7 +7,6 @@ good byte. Maps aiohttp's exceptions to isocache.errors here and nowhere else.
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import logging
 import re
@@ -27,14 +26,12 @@ from isocache.errors import (
     OriginUnavailable,
 )
 from isocache.origins.autoindex import AutoindexParser, parse_json_autoindex
-from isocache.origins.base import ListEntry, OriginMeta
+from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, OriginMeta, back_off
 
 log = logging.getLogger(__name__)
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
-# Backoff before retry N (seconds). The sum stays well inside qemu's 5 s per-request budget.
-_BACKOFF = (0.05, 0.2, 0.5, 1.0)
 _CONTENT_RANGE_RE = re.compile(r"bytes ([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19}|\*)")
 _READ_PIECE = 256 * 1024
 
@@ -64,20 +61,14 @@ class HttpOrigin:
     """
 
     def __init__(
-        self,
-        *,
-        is_allowed: Callable[[str], bool],
-        connect_timeout: float = 3.0,
-        read_timeout: float = 4.0,
-        retries: int = 3,
-        max_connections: int = 16,
+        self, *, is_allowed: Callable[[str], bool], limits: FetchLimits = DEFAULT_LIMITS
     ) -> None:
         self._is_allowed = is_allowed
+        self._limits = limits
         self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+            total=None, sock_connect=limits.connect_timeout, sock_read=limits.read_timeout
         )
-        self._retries = retries
-        self._max_connections = max_connections
+        self._max_connections = limits.max_connections
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -154,10 +145,7 @@ class HttpOrigin:
             try:
                 return await self._stat_once(url)
             except OriginError as exc:
-                if not exc.retryable or isinstance(exc, OriginTimeout) or attempt >= self._retries:
-                    raise
-                log.info("origin-retry op=stat url=%s error=%s", redact_url(url), exc.detail)
-                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                await back_off(exc, attempt, self._limits, f"op=stat url={redact_url(url)}")
                 attempt += 1
 
     async def _stat_once(self, url: str) -> OriginMeta:
@@ -207,17 +195,8 @@ class HttpOrigin:
                     attempt = 0  # progress resets the retry budget
                     yield data
             except OriginError as exc:
-                # A timeout is not retried: qemu gives each request 5 s in all, and one more
-                # read_timeout would spend it; answer 504 while the client still listens.
-                if not exc.retryable or isinstance(exc, OriginTimeout) or attempt >= self._retries:
-                    raise
-                log.info(
-                    "origin-retry op=read url=%s position=%d error=%s",
-                    redact_url(url),
-                    position,
-                    exc.detail,
-                )
-                await asyncio.sleep(_BACKOFF[min(attempt, len(_BACKOFF) - 1)])
+                where = f"op=read url={redact_url(url)} position={position}"
+                await back_off(exc, attempt, self._limits, where)
                 attempt += 1
 
     def _conditions(self, meta: OriginMeta) -> dict[str, str]:

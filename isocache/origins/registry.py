@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from isocache.config import Config
-from isocache.origins.base import Origin
+from isocache.origins.base import FetchLimits, Origin
 from isocache.origins.ftp import FtpOrigin
 from isocache.origins.glance import GlanceOrigin
 from isocache.origins.http import HttpOrigin
@@ -16,36 +16,18 @@ from isocache.origins.s3 import S3Origin
 class Backends:
     def __init__(self, config: Config, is_allowed: Callable[[str], bool]) -> None:
         fetch = config.fetch
-        connect, read, retries = fetch.connect_timeout, fetch.read_timeout, fetch.retries
-        self.http = HttpOrigin(
-            is_allowed=is_allowed,
-            connect_timeout=connect,
-            read_timeout=read,
-            retries=retries,
-            max_connections=fetch.max_connections,
+        limits = FetchLimits(
+            fetch.connect_timeout, fetch.read_timeout, fetch.retries, fetch.max_connections
         )
+        self.http = HttpOrigin(is_allowed=is_allowed, limits=limits)
         self._by_origin: dict[str, Origin] = {}
         for name, origin in config.origins.items():
             if origin.kind == "glance":
-                self._by_origin[name] = GlanceOrigin(
-                    origin,
-                    connect_timeout=connect,
-                    read_timeout=read,
-                    retries=retries,
-                    max_connections=fetch.max_connections,
-                )
+                self._by_origin[name] = GlanceOrigin(origin, limits)
             elif origin.scheme in ("ftp", "ftps"):
-                self._by_origin[name] = FtpOrigin(
-                    origin, connect_timeout=connect, read_timeout=read, retries=retries
-                )
+                self._by_origin[name] = FtpOrigin(origin, limits)
             elif origin.scheme == "s3":
-                self._by_origin[name] = S3Origin(
-                    origin,
-                    connect_timeout=connect,
-                    read_timeout=read,
-                    retries=retries,
-                    max_connections=fetch.max_connections,
-                )
+                self._by_origin[name] = S3Origin(origin, limits)
             else:
                 self._by_origin[name] = self.http
 

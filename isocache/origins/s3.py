@@ -23,7 +23,7 @@ from botocore.credentials import Credentials
 
 from isocache.config import OriginConfig
 from isocache.errors import ImageNotFound, OriginError, OriginProtocolError
-from isocache.origins.base import ListEntry, plain_name
+from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, plain_name
 from isocache.origins.http import HttpOrigin
 
 log = logging.getLogger(__name__)
@@ -65,22 +65,11 @@ def _credentials(config: OriginConfig) -> Credentials | None:
 class S3Origin(HttpOrigin):
     """One configured S3 origin (bucket and prefix). Use on the event loop."""
 
-    def __init__(
-        self,
-        config: OriginConfig,
-        *,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 4.0,
-        retries: int = 3,
-        max_connections: int = 16,
-    ) -> None:
+    def __init__(self, config: OriginConfig, limits: FetchLimits = DEFAULT_LIMITS) -> None:
         # S3 does not redirect object reads; following one would leave the signed endpoint.
         super().__init__(
             is_allowed=lambda url: False,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            retries=retries,
-            max_connections=max_connections,
+            limits=limits,
         )
         self._bucket = urlsplit(config.url).netloc
         self._region = config.region or "us-east-1"
