@@ -16,6 +16,7 @@ moves both sides alike. Results: a Markdown table on stdout and bench/results/<t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -106,26 +107,33 @@ def wrk(url: str, size: int, range_size: int, seconds: int, connections: int) ->
 
 
 def warm_hits(work: Path, image: Path, size: int, rounds: int, seconds: int) -> dict[str, Any]:
+    """nginx serving the file against a warm isocache, run interleaved."""
     www = work / "www"
     www.mkdir()
     (www / "img.raw").symlink_to(image)
     nginx_port = procs.free_port()
     nginx_conf = procs.NGINX_STATIC.format(workers=1, dir=work, port=nginx_port, root=www)
     nginx_url = f"http://127.0.0.1:{nginx_port}/"
-    with procs.nginx(nginx_conf, work):
+    targets = {"nginx": nginx_url + "img.raw"}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(procs.nginx(nginx_conf, work))
         procs.wait_http(nginx_url + "img.raw")
-        config = isocache_config(nginx_url, work / "cache-warm", procs.free_port())
-        with procs.isocache(config, work) as (iso_url, _):
+        for name in ("isocache",):
+            home = work / f"warm-{name}"
+            home.mkdir()
+            config = isocache_config(nginx_url, home / "cache", procs.free_port())
+            iso_url, _ = stack.enter_context(procs.isocache(config, home))
             curl_time(iso_url + "images/img")  # warm every chunk
             deadline = time.monotonic() + 120
             while cached_bytes(iso_url) < size:
                 if time.monotonic() > deadline:
                     raise TimeoutError("isocache did not store the image")
                 time.sleep(0.1)
-            runs: dict[str, list[dict[str, Any]]] = {"nginx": [], "isocache": []}
-            for _ in range(rounds):
-                runs["nginx"].append(wrk(nginx_url + "img.raw", size, 256 * 1024, seconds, 16))
-                runs["isocache"].append(wrk(iso_url + "images/img", size, 256 * 1024, seconds, 16))
+            targets[name] = iso_url + "images/img"
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        for _ in range(rounds):
+            for name, url in targets.items():
+                runs[name].append(wrk(url, size, 256 * 1024, seconds, 16))
     return summarise(runs, "MBps")
 
 
@@ -192,9 +200,17 @@ def qemu_hangs(work: Path, image: Path, runs: int, parallel: int = 4) -> dict[st
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]], key: str) -> dict[str, Any]:
+    """Medians per target, and each target's median ratio to the first (the baseline) over
+    the rounds: runs of one round ran back to back, so their ratio cancels machine noise."""
     medians = {name: statistics.median(r[key] for r in values) for name, values in runs.items()}
     names = list(runs)
-    return {"runs": runs, "median_" + key: medians, "ratio": medians[names[1]] / medians[names[0]]}
+    ratios = {
+        name: statistics.median(
+            mine[key] / base[key] for mine, base in zip(runs[name], runs[names[0]], strict=True)
+        )
+        for name in names[1:]
+    }
+    return {"runs": runs, "median_" + key: medians, "ratios": ratios, "ratio": ratios[names[1]]}
 
 
 def main() -> None:
