@@ -47,6 +47,7 @@ class Resolver:
         self._clock = clock
         self._known: dict[str, _Known] = {}
         self._inflight: dict[str, asyncio.Future[ImageVersion]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def known(self, url: str) -> ImageVersion | None:
         entry = self._known.get(url)
@@ -67,8 +68,11 @@ class Resolver:
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
             self._inflight[ref.url] = pending
+            # Owned here, not by the request: a client that goes away must not cancel a
+            # stat that other requests wait on (and the loop keeps only weak task refs).
             task = asyncio.create_task(self._refresh(ref, pending), name="resolve")
-            task.add_done_callback(lambda _: None)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await asyncio.shield(pending)
 
     async def _refresh(self, ref: ImageRef, result: asyncio.Future[ImageVersion]) -> None:
