@@ -50,6 +50,7 @@ class Service:
         self.catalog: Catalog | None = None
         self.filler: Filler | None = None
         self.prewarm: PrewarmManager | None = None
+        self.verifier = Verifier(self.store)
         self._runner: web.AppRunner | None = None
         self.host = config.server.host
         self.port = config.server.port
@@ -69,7 +70,6 @@ class Service:
         self.catalog = Catalog(config, self._backends)
         resolver = Resolver(self.store, self.metrics, revalidate=config.cache.revalidate)
         await self._pin_known(resolver)
-        self.verifier = Verifier(self.store)
         self.filler = Filler(
             self.store,
             self.metrics,
@@ -150,6 +150,7 @@ class Service:
             await self.prewarm.close()
         if self.filler is not None:
             await self.filler.close()
+        await self.verifier.close()
         if self._backends is not None:
             await self._backends.close()
         await self.store.close()

@@ -33,6 +33,12 @@ class Verifier:
         self._failures: dict[str, str] = {}
         self._running: dict[str, asyncio.Task[bool | None]] = {}
 
+    async def close(self) -> None:
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def result(self, identity: str) -> bool | None:
         """True or False once verified, None when not (yet) verified."""
         return self._results.get(identity)
