@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +31,19 @@ def wait_for_line(proc: subprocess.Popen[str], marker: str, timeout: float = 30.
     raise TimeoutError(f"{proc.args!r} did not print {marker!r}")
 
 
-def wait_http(url: str, timeout: float = 30.0) -> None:
+def wait_http(url: str, timeout: float = 30.0, ok_statuses: tuple[int, ...] = ()) -> None:
+    """Poll `url` until it answers 2xx (or one of `ok_statuses`)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
+        except urllib.error.HTTPError as exc:
+            if exc.code in ok_statuses:
+                return
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
         except OSError:
             if time.monotonic() > deadline:
                 raise

@@ -1,0 +1,227 @@
+"""Runs one scenario against one target, on loopback: starts the WAN-like origin (bench.origin)
+and the target, replays the workload with real HTTP clients, stops everything it started
+(also on error or Ctrl-C), and returns the figures.
+
+Targets: direct (clients read the origin), isocache (cold), isocache-warm (after a prewarm
+through the admin API), nginx-slice (nginx from Debian as a slice cache).
+Scenarios: bootstorm, random, sequential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import procs, trace
+from bench.core_figures import isocache_config
+from bench.figures import Request, figures
+
+TARGETS = ("direct", "isocache", "isocache-warm", "nginx-slice")
+SCENARIOS = ("bootstorm", "random", "sequential")
+
+NGINX_SLICE = """
+worker_processes 1;
+daemon off;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    proxy_cache_path {dir}/cache levels=1:2 keys_zone=isos:10m max_size=16g inactive=1d
+                     use_temp_path=off;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            slice 1m;
+            proxy_cache isos;
+            proxy_cache_key $uri$is_args$args$slice_range;
+            proxy_set_header Range $slice_range;
+            proxy_cache_valid 200 206 1h;
+            proxy_cache_lock on;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass {origin};
+        }}
+    }}
+}}
+"""
+
+
+@dataclass
+class Options:
+    size: int
+    clients: int = 8
+    connections: int = 8
+    per_connection_rate: str | None = "50MB"
+    latency: str | None = "20ms"
+    seed: int = 1
+    random_count: int = 400
+
+
+def _origin_stats(origin_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(origin_url + "_stats") as resp:
+        result: dict[str, Any] = json.loads(resp.read())
+    return result
+
+
+def _reset_origin(origin_url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(origin_url + "_reset", method="POST")).close()
+
+
+def _metrics(base: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    with urllib.request.urlopen(base + "metrics") as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("#") or " " not in line:
+                continue
+            name, value = line.rsplit(" ", 1)
+            key = name.split("{", 1)[0]
+            found[key] = found.get(key, 0.0) + float(value)
+    found["origin_bytes"] = found.get("isocache_origin_bytes_total", 0.0)
+    return found
+
+
+@contextlib.contextmanager
+def target(name: str, origin_url: str, work: Path) -> Iterator[tuple[str, str | None]]:
+    """Yields (image URL, isocache base URL or None)."""
+    home = work / name
+    home.mkdir(parents=True, exist_ok=True)
+    if name == "direct":
+        yield origin_url + "img.raw", None
+    elif name in ("isocache", "isocache-warm"):
+        config = isocache_config(origin_url, home / "cache", procs.free_port())
+        with procs.isocache(config, home) as (base, _):
+            if name == "isocache-warm":
+                _prewarm(base)
+                _reset_origin(origin_url)
+            yield base + "images/img", base
+    elif name == "nginx-slice":
+        port = procs.free_port()
+        conf = NGINX_SLICE.format(dir=home, port=port, origin=origin_url.rstrip("/"))
+        with procs.nginx(conf, home):
+            procs.wait_http(f"http://127.0.0.1:{port}/nonexistent-probe", ok_statuses=(404,))
+            _reset_origin(origin_url)
+            yield f"http://127.0.0.1:{port}/img.raw", None
+    else:
+        raise ValueError(f"unknown target {name!r}")
+
+
+def _prewarm(base: str) -> None:
+    body = json.dumps({"image": "img"}).encode()
+    request = urllib.request.Request(
+        base + "api/prewarm", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request) as resp:
+        job_url = base + json.loads(resp.read())["status_url"].lstrip("/")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(job_url) as resp:
+            state = json.loads(resp.read())["state"]
+        if state == "done":
+            return
+        if state in ("failed", "cancelled"):
+            raise RuntimeError(f"prewarm {state}")
+        time.sleep(0.2)
+    raise TimeoutError("prewarm did not finish")
+
+
+def traces(scenario: str, options: Options) -> list[list[tuple[int, int]]]:
+    """One trace per client."""
+    size = options.size
+    if scenario == "bootstorm":
+        return [trace.bootstorm_trace(size, options.seed + c) for c in range(options.clients)]
+    if scenario == "random":
+        per_client = options.random_count // options.clients
+        return [
+            trace.random_trace(size, options.seed + c, per_client) for c in range(options.clients)
+        ]
+    if scenario == "sequential":
+        step = 2 * trace.MiB
+        return [[(o, min(step, size - o)) for o in range(0, size, step)]]
+    raise ValueError(f"unknown scenario {scenario!r}")
+
+
+async def replay(
+    url: str, client_traces: list[list[tuple[int, int]]], connections: int
+) -> list[Request]:
+    """Each client reads its trace on `connections` parallel connections, like qemu."""
+    records: list[Request] = []
+
+    async def one_client(number: int, reads: list[tuple[int, int]]) -> None:
+        queue: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        for item in reads:
+            queue.put_nowait(item)
+        connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+            async def worker() -> None:
+                while not queue.empty():
+                    offset, length = queue.get_nowait()
+                    started = time.monotonic()
+                    headers = {
+                        "Range": f"bytes={offset}-{offset + length - 1}",
+                        "User-Agent": "bench",
+                    }
+                    async with session.get(url, headers=headers) as resp:
+                        first = await resp.content.readany()
+                        first_byte = time.monotonic()
+                        rest = await resp.read()
+                        got = len(first) + len(rest)
+                        if resp.status not in (200, 206) or got != length:
+                            raise RuntimeError(
+                                f"{url} {headers['Range']}: {resp.status}, {got} bytes"
+                            )
+                    records.append(
+                        Request(number, offset, length, started, first_byte, time.monotonic())
+                    )
+
+            await asyncio.gather(*(worker() for _ in range(connections)))
+
+    await asyncio.gather(*(one_client(n, t) for n, t in enumerate(client_traces)))
+    return records
+
+
+def run(
+    scenario: str, target_name: str, image: Path, options: Options, work: Path
+) -> dict[str, Any]:
+    """One scenario on one target; returns its figures."""
+    client_traces = traces(scenario, options)
+    unique = trace.unique_bytes(r for t in client_traces for r in t)
+    with (
+        procs.origin(
+            {"img.raw": image},
+            per_connection_rate=options.per_connection_rate,
+            latency=options.latency,
+        ) as origin_url,
+        target(target_name, origin_url, work) as (url, base),
+    ):
+        before = _metrics(base) if base else None
+        records = asyncio.run(replay(url, client_traces, options.connections))
+        after = _metrics(base) if base else None
+        stats = _origin_stats(origin_url)
+    origin_bytes = sum(p["body_bytes"] for p in stats["paths"].values())
+    delta = {k: after[k] - before.get(k, 0.0) for k in after} if after and before else None
+    result = figures(records, unique_bytes=unique, origin_bytes=origin_bytes, metrics=delta)
+    result.update(
+        {
+            "scenario": scenario,
+            "target": target_name,
+            "origin_requests": sum(p["requests"] for p in stats["paths"].values()),
+        }
+    )
+    return result
