@@ -4,14 +4,18 @@ and the target, replays the workload with real HTTP clients, stops everything it
 
 Targets: direct (clients read the origin), isocache (cold), isocache-warm (after a prewarm
 through the admin API), nginx-slice (nginx from Debian as a slice cache).
-Scenarios: bootstorm, random, sequential.
+Scenarios: bootstorm, random, sequential, fanin (real qemu-img convert processes),
+eviction (three images through a cache that holds two).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import os
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +30,7 @@ from bench.core_figures import isocache_config
 from bench.figures import Request, figures
 
 TARGETS = ("direct", "isocache", "isocache-warm", "nginx-slice")
-SCENARIOS = ("bootstorm", "random", "sequential")
+SCENARIOS = ("bootstorm", "random", "sequential", "fanin", "eviction")
 
 NGINX_SLICE = """
 worker_processes 1;
@@ -83,6 +87,21 @@ def _reset_origin(origin_url: str) -> None:
     urllib.request.urlopen(urllib.request.Request(origin_url + "_reset", method="POST")).close()
 
 
+def process_usage(pid: int) -> dict[str, float]:
+    """Peak RSS (bytes) and CPU seconds of a process so far, from /proc."""
+    usage = {"peak_rss_bytes": 0.0, "cpu_seconds": 0.0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                usage["peak_rss_bytes"] = float(line.split()[1]) * 1024
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        usage["cpu_seconds"] = (int(fields[11]) + int(fields[12])) / ticks
+    except (OSError, IndexError, ValueError):
+        pass
+    return usage
+
+
 def _metrics(base: str) -> dict[str, float]:
     found: dict[str, float] = {}
     with urllib.request.urlopen(base + "metrics") as resp:
@@ -97,26 +116,29 @@ def _metrics(base: str) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def target(name: str, origin_url: str, work: Path) -> Iterator[tuple[str, str | None]]:
-    """Yields (image URL, isocache base URL or None)."""
+def target(
+    name: str, origin_url: str, work: Path, size_limit: str = "8GiB"
+) -> Iterator[tuple[str, str | None, int | None]]:
+    """Yields (image URL, isocache base URL or None, isocache pid or None)."""
     home = work / name
     home.mkdir(parents=True, exist_ok=True)
     if name == "direct":
-        yield origin_url + "img.raw", None
+        yield origin_url + "img.raw", None, None
     elif name in ("isocache", "isocache-warm"):
         config = isocache_config(origin_url, home / "cache", procs.free_port())
-        with procs.isocache(config, home) as (base, _):
+        config = config.replace('size_limit = "8GiB"', f'size_limit = "{size_limit}"')
+        with procs.isocache(config, home) as (base, proc):
             if name == "isocache-warm":
                 _prewarm(base)
                 _reset_origin(origin_url)
-            yield base + "images/img", base
+            yield base + "images/img", base, proc.pid
     elif name == "nginx-slice":
         port = procs.free_port()
         conf = NGINX_SLICE.format(dir=home, port=port, origin=origin_url.rstrip("/"))
         with procs.nginx(conf, home):
             procs.wait_http(f"http://127.0.0.1:{port}/nonexistent-probe", ok_statuses=(404,))
             _reset_origin(origin_url)
-            yield f"http://127.0.0.1:{port}/img.raw", None
+            yield f"http://127.0.0.1:{port}/img.raw", None, None
     else:
         raise ValueError(f"unknown target {name!r}")
 
@@ -196,32 +218,116 @@ async def replay(
     return records
 
 
+def fanin(url: str, clients: int, image_sha256: str, work: Path) -> list[Request]:
+    """K real `qemu-img convert -m 1` at once (under timeout -k); every copy's sha256 checked."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy")}
+    started = time.monotonic()
+    children = [
+        subprocess.Popen(
+            [
+                "timeout",
+                "-k",
+                "5",
+                "600",
+                "qemu-img",
+                "convert",
+                "-m",
+                "1",
+                "-f",
+                "raw",
+                "-O",
+                "raw",
+                url,
+                str(work / f"copy-{n}.raw"),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+        )
+        for n in range(clients)
+    ]
+    records = []
+    for number, child in enumerate(children):
+        _, err = child.communicate()
+        finished = time.monotonic()
+        copy = work / f"copy-{number}.raw"
+        if child.returncode != 0:
+            raise RuntimeError(
+                f"qemu-img convert {number} exited {child.returncode}: {err[-300:]!r}"
+            )
+        size = copy.stat().st_size
+        digest = _sha256(copy)
+        copy.unlink()
+        if digest != image_sha256:
+            raise RuntimeError(f"copy {number} through {url} has the wrong sha256")
+        records.append(Request(number, 0, size, started, started, finished))
+    return records
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while data := file.read(16 * 1024 * 1024):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def _image_url(url: str, number: int) -> str:
+    """The URL of the eviction scenario's image `number` on the same target."""
+    if "/images/img" in url:
+        return url.replace("/images/img", f"/origins/bench/img{number}.raw")
+    return url.replace("img.raw", f"img{number}.raw")
+
+
 def run(
     scenario: str, target_name: str, image: Path, options: Options, work: Path
 ) -> dict[str, Any]:
     """One scenario on one target; returns its figures."""
-    client_traces = traces(scenario, options)
+    work.mkdir(parents=True, exist_ok=True)
+    files = {"img.raw": image}
+    size_limit = "8GiB"
+    if scenario == "eviction":
+        # Three images through a cache that holds two; every image is read twice.
+        files.update({f"img{n}.raw": image for n in range(3)})
+        size_limit = f"{(2 * options.size) // trace.MiB + 2}MiB"  # two images and a bit
+    single = "sequential" if scenario in ("fanin", "eviction") else scenario
+    client_traces = traces(single, options)
     unique = trace.unique_bytes(r for t in client_traces for r in t)
     with (
         procs.origin(
-            {"img.raw": image},
-            per_connection_rate=options.per_connection_rate,
-            latency=options.latency,
+            files, per_connection_rate=options.per_connection_rate, latency=options.latency
         ) as origin_url,
-        target(target_name, origin_url, work) as (url, base),
+        target(target_name, origin_url, work, size_limit) as (url, base, pid),
     ):
         before = _metrics(base) if base else None
-        records = asyncio.run(replay(url, client_traces, options.connections))
+        if scenario == "fanin":
+            records = fanin(url, options.clients, _sha256(image), work)
+            unique = options.size
+        elif scenario == "eviction":
+            records, unique = [], 3 * options.size
+            for _ in range(2):
+                for number in range(3):
+                    records += asyncio.run(
+                        replay(_image_url(url, number), client_traces, options.connections)
+                    )
+        else:
+            records = asyncio.run(replay(url, client_traces, options.connections))
         after = _metrics(base) if base else None
+        usage = process_usage(pid) if pid else {}
         stats = _origin_stats(origin_url)
+        disk = sum(f.stat().st_size for f in (work / target_name).rglob("*.val")) if base else None
     origin_bytes = sum(p["body_bytes"] for p in stats["paths"].values())
     delta = {k: after[k] - before.get(k, 0.0) for k in after} if after and before else None
     result = figures(records, unique_bytes=unique, origin_bytes=origin_bytes, metrics=delta)
+    result.update(usage)
     result.update(
         {
             "scenario": scenario,
             "target": target_name,
+            "origin_rate": options.per_connection_rate,
             "origin_requests": sum(p["requests"] for p in stats["paths"].values()),
         }
     )
+    if disk is not None:
+        result["disk_bytes_at_end"] = disk
+        result["size_limit"] = size_limit
     return result

@@ -104,4 +104,8 @@ async def test_bench_quick_smoke() -> None:
     for row in rows:
         assert row["client_bytes"] > 0 and row["unique_bytes"] > 0
         if row["target"] == "isocache":
-            assert row["origin_to_unique"] <= 1.05
+            assert row["origin_to_unique"] <= 1.05 or row["scenario"] == "eviction"
+            assert row["cpu_seconds"] > 0 and row["peak_rss_bytes"] > 0
+        if row["scenario"] == "eviction" and "disk_bytes_at_end" in row:
+            limit = int(row["size_limit"].removesuffix("MiB")) * 1024 * 1024
+            assert row["disk_bytes_at_end"] <= limit
