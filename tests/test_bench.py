@@ -98,7 +98,7 @@ async def test_bench_quick_smoke() -> None:
     path.unlink()
     assert {(r["scenario"], r["target"]) for r in rows} == {
         (s, t)
-        for s in ("bootstorm", "random", "sequential")
+        for s in ("bootstorm", "random", "sequential", "fanin", "eviction")
         for t in ("direct", "isocache", "isocache-warm", "nginx-slice")
     }
     for row in rows:
