@@ -106,6 +106,7 @@ async def test_fuzzing_finds_no_server_errors(tmp_path: Path, origin: OriginServ
             "20",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,  # schemathesis keeps a cache directory in its working directory
         )
         out, _ = await asyncio.wait_for(run.communicate(), 280)
         report = out.decode(errors="replace")
