@@ -80,6 +80,13 @@ def main() -> None:
         sub.add_argument("--rate", default="50MB", help="origin bytes/s per connection")
         sub.add_argument("--latency", default="20ms", help="origin time to first byte")
         sub.add_argument("--seed", type=int, default=1)
+        sub.add_argument(
+            "--fetch",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="isocache [fetch] setting, e.g. max_connections=48 or readahead='\"16MiB\"'",
+        )
         if name == "run":
             sub.add_argument("scenario", choices=SCENARIOS)
             sub.add_argument("--target", action="append", choices=TARGETS)

@@ -19,7 +19,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class Options:
     latency: str | None = "20ms"
     seed: int = 1
     random_count: int = 400
+    fetch: dict[str, str] = field(default_factory=dict)  # isocache [fetch] overrides
 
 
 def _origin_stats(origin_url: str) -> dict[str, Any]:
@@ -117,7 +118,11 @@ def _metrics(base: str) -> dict[str, float]:
 
 @contextlib.contextmanager
 def target(
-    name: str, origin_url: str, work: Path, size_limit: str = "8GiB"
+    name: str,
+    origin_url: str,
+    work: Path,
+    size_limit: str = "8GiB",
+    fetch: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, str | None, int | None]]:
     """Yields (image URL, isocache base URL or None, isocache pid or None)."""
     home = work / name
@@ -125,7 +130,7 @@ def target(
     if name == "direct":
         yield origin_url + "img.raw", None, None
     elif name in ("isocache", "isocache-warm"):
-        config = isocache_config(origin_url, home / "cache", procs.free_port())
+        config = isocache_config(origin_url, home / "cache", procs.free_port(), **(fetch or {}))
         config = config.replace('size_limit = "8GiB"', f'size_limit = "{size_limit}"')
         with procs.isocache(config, home) as (base, proc):
             if name == "isocache-warm":
@@ -296,7 +301,7 @@ def run(
         procs.origin(
             files, per_connection_rate=options.per_connection_rate, latency=options.latency
         ) as origin_url,
-        target(target_name, origin_url, work, size_limit) as (url, base, pid),
+        target(target_name, origin_url, work, size_limit, options.fetch) as (url, base, pid),
     ):
         before = _metrics(base) if base else None
         if scenario == "fanin":
