@@ -3,7 +3,8 @@ and the target, replays the workload with real HTTP clients, stops everything it
 (also on error or Ctrl-C), and returns the figures.
 
 Targets: direct (clients read the origin), isocache (cold), isocache-warm (after a prewarm
-through the admin API), nginx-slice (nginx from Debian as a slice cache).
+through the admin API), nginx-slice (nginx from Debian as a slice cache), nginx (nginx serving
+the image file from local disk: the ceiling for warm hits).
 Scenarios: bootstorm, random, sequential, fanin (real qemu-img convert processes),
 eviction (three images through a cache that holds two).
 """
@@ -27,9 +28,9 @@ import aiohttp
 
 from bench import procs, trace
 from bench.core_figures import isocache_config
-from bench.figures import Request, figures
+from bench.figures import OriginFetch, Request, figures
 
-TARGETS = ("direct", "isocache", "isocache-warm", "nginx-slice")
+TARGETS = ("direct", "isocache", "isocache-warm", "nginx-slice", "nginx")
 SCENARIOS = ("bootstorm", "random", "sequential", "fanin", "eviction")
 
 NGINX_SLICE = """
@@ -76,6 +77,7 @@ class Options:
     seed: int = 1
     random_count: int = 400
     fetch: dict[str, str] = field(default_factory=dict)  # isocache [fetch] overrides
+    recorded: list[tuple[int, int]] | None = None  # bootstorm: replay this instead of a trace
 
 
 def _origin_stats(origin_url: str) -> dict[str, Any]:
@@ -116,11 +118,23 @@ def _metrics(base: str) -> dict[str, float]:
     return found
 
 
+def _settled_metrics(base: str, timeout: float = 60.0) -> dict[str, float]:
+    """/metrics once no fill is in flight: readahead may still be fetching when the clients
+    are done, and the origin's log is read after this, so both count the same fetches."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = _metrics(base)
+        if found.get("isocache_fills_in_flight", 0.0) == 0 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def target(
     name: str,
     origin_url: str,
     work: Path,
+    files: dict[str, Path],
     size_limit: str = "8GiB",
     fetch: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, str | None, int | None]]:
@@ -143,6 +157,17 @@ def target(
         with procs.nginx(conf, home):
             procs.wait_http(f"http://127.0.0.1:{port}/nonexistent-probe", ok_statuses=(404,))
             _reset_origin(origin_url)
+            yield f"http://127.0.0.1:{port}/img.raw", None, None
+    elif name == "nginx":
+        www = home / "www"
+        www.mkdir(exist_ok=True)
+        for file_name, path in files.items():
+            if not (www / file_name).exists():
+                (www / file_name).symlink_to(path)
+        port = procs.free_port()
+        conf = procs.NGINX_STATIC.format(workers=1, dir=home, port=port, root=www)
+        with procs.nginx(conf, home):
+            procs.wait_http(f"http://127.0.0.1:{port}/img.raw")
             yield f"http://127.0.0.1:{port}/img.raw", None, None
     else:
         raise ValueError(f"unknown target {name!r}")
@@ -171,6 +196,8 @@ def traces(scenario: str, options: Options) -> list[list[tuple[int, int]]]:
     """One trace per client."""
     size = options.size
     if scenario == "bootstorm":
+        if options.recorded is not None:  # every VM boots the same way
+            return [list(options.recorded) for _ in range(options.clients)]
         return [trace.bootstorm_trace(size, options.seed + c) for c in range(options.clients)]
     if scenario == "random":
         per_client = options.random_count // options.clients
@@ -301,7 +328,11 @@ def run(
         procs.origin(
             files, per_connection_rate=options.per_connection_rate, latency=options.latency
         ) as origin_url,
-        target(target_name, origin_url, work, size_limit, options.fetch) as (url, base, pid),
+        target(target_name, origin_url, work, files, size_limit, options.fetch) as (
+            url,
+            base,
+            pid,
+        ),
     ):
         before = _metrics(base) if base else None
         if scenario == "fanin":
@@ -316,13 +347,19 @@ def run(
                     )
         else:
             records = asyncio.run(replay(url, client_traces, options.connections))
-        after = _metrics(base) if base else None
+        after = _settled_metrics(base) if base else None
         usage = process_usage(pid) if pid else {}
         stats = _origin_stats(origin_url)
         disk = sum(f.stat().st_size for f in (work / target_name).rglob("*.val")) if base else None
     origin_bytes = sum(p["body_bytes"] for p in stats["paths"].values())
     delta = {k: after[k] - before.get(k, 0.0) for k in after} if after and before else None
-    result = figures(records, unique_bytes=unique, origin_bytes=origin_bytes, metrics=delta)
+    result = figures(
+        records,
+        unique_bytes=unique,
+        origin_bytes=origin_bytes,
+        metrics=delta,
+        origin_log=[OriginFetch.from_log(entry) for entry in stats["log"]],
+    )
     result.update(usage)
     result.update(
         {

@@ -8,7 +8,11 @@ seed: the same seed gives the same trace on every machine.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
+
+from isocache.errors import IsocacheError
+from isocache.ranges import parse_range
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -76,3 +80,50 @@ def unique_bytes(reads: Iterable[tuple[int, int]]) -> int:
         total += stop - max(offset, end)
         end = stop
     return total
+
+
+# One line of isocache's access log ([server] access_log), e.g.
+# "GET /images/alpine range=bytes=0-262143 status=206 bytes=262144 cache=hit seconds=0.0012";
+# whatever a log handler puts before the method (a timestamp, a level) is skipped.
+_ACCESS_LINE = re.compile(r"\bGET (?P<path>/\S+) range=(?P<range>\S+) status=(?P<status>\d+)")
+
+
+def recorded_trace(
+    lines: Iterable[str], size: int, path: str | None = None
+) -> tuple[list[tuple[int, int]], str | None, int]:
+    """Reads of a recorded access log, in order, as a trace against an image of `size` bytes.
+
+    Takes isocache's access-log lines (the successful GETs of one image: `path`, or the path
+    read most often) and plain "OFFSET LENGTH" lines. Reads are replayed as recorded: they
+    already carry the client's readahead. A read past the end of a smaller image is clamped
+    to it. Returns (trace, the path replayed, reads dropped: outside the image, malformed,
+    or multi-range).
+    """
+    by_path: dict[str | None, list[tuple[int, int]]] = {}
+    dropped = 0
+    for line in lines:
+        fields = line.split()
+        if len(fields) == 2 and all(f.isdigit() for f in fields):
+            offset, length = int(fields[0]), int(fields[1])
+            if length > 0 and offset + length <= size:
+                by_path.setdefault(None, []).append((offset, length))
+            else:
+                dropped += 1
+            continue
+        match = _ACCESS_LINE.search(line)
+        if not match or match["status"] not in ("200", "206"):
+            continue
+        try:
+            ranges = parse_range(None if match["range"] == "-" else match["range"], size)
+        except IsocacheError:
+            dropped += 1
+            continue
+        if ranges is None:
+            by_path.setdefault(match["path"], []).append((0, size))
+        elif len(ranges) == 1:
+            by_path.setdefault(match["path"], []).append((ranges[0].start, ranges[0].length))
+        else:
+            dropped += 1
+    if path is None and by_path:
+        path = max(by_path, key=lambda p: len(by_path[p]))  # type: ignore[arg-type]
+    return by_path.get(path, []), path, dropped

@@ -14,9 +14,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.figures import Request, figures, percentile
+from bench.figures import OriginFetch, Request, figures, percentile
 from bench.origin import OriginServer
-from bench.trace import QEMU_READAHEAD, MiB, bootstorm_trace, random_trace, unique_bytes
+from bench.trace import (
+    QEMU_READAHEAD,
+    MiB,
+    bootstorm_trace,
+    random_trace,
+    recorded_trace,
+    unique_bytes,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +38,67 @@ def test_traces_are_deterministic_and_qemu_shaped() -> None:
     assert trace[0][0] == 0  # the boot starts at the beginning
     assert any(o % 512 for o, _ in trace)  # unaligned offsets
     assert random_trace(size, 1, 50) == random_trace(size, 1, 50)
+
+
+def test_recorded_access_log_replays_in_order() -> None:
+    log = [
+        "2026-11-29 10:00:00 DEBUG isocache.access GET /images/alpine range=bytes=0-262143 "
+        "status=206 bytes=262144 cache=miss seconds=0.0410",
+        "GET /images/other range=bytes=0-99 status=206 bytes=100 cache=hit seconds=0.0001",
+        "GET /images/alpine range=bytes=1048576-1310719 status=206 bytes=262144 cache=hit "
+        "seconds=0.0009",
+        "HEAD /images/alpine range=- status=200 bytes=0 cache=- seconds=0.0002",
+        "GET /images/alpine range=bytes=9999999999- status=416 bytes=0 cache=- seconds=0.0001",
+        "GET /images/alpine range=- status=200 bytes=4194304 cache=hit seconds=0.0100",
+        "GET /images/alpine range=bytes=4194000-4999999 status=206 bytes=304 cache=hit "
+        "seconds=0.0001",
+        "GET /images/alpine range=bytes=0-1,5-6 status=206 bytes=4 cache=hit seconds=0.0001",
+        "GET /images/alpine range=bytes=x-y status=206 bytes=4 cache=hit seconds=0.0001",
+        "some other log line",
+    ]
+    size = 4 * MiB
+    reads, path, dropped = recorded_trace(log, size)
+    assert path == "/images/alpine"
+    # In order; the whole-image GET reads everything; the last range is clamped to the image.
+    assert reads == [(0, 262144), (1048576, 262144), (0, size), (4194000, size - 4194000)]
+    assert dropped == 2  # the multi-range and the malformed one
+    assert recorded_trace(log, size, "/images/other")[0] == [(0, 100)]
+    plain, path, dropped = recorded_trace(["0 4096", "8192 512", "4194300 100"], size)
+    assert (plain, path, dropped) == ([(0, 4096), (8192, 512)], None, 1)
+
+
+def test_plot_draws_one_png_per_scenario(tmp_path: Path) -> None:
+    from bench.plot import load_rows, plot_files
+
+    log = [Request(0, 0, 1000, 0.0, 0.1, 1.0), Request(1, 0, 2000, 0.5, 0.6, 3.0)]
+    origin = [OriginFetch("GET", 206, 2000, 0.0, 2.0), OriginFetch("HEAD", 200, 0, 0.0, 0.0)]
+    rows = []
+    for target in ("direct", "isocache"):
+        row = figures(log, unique_bytes=2000, origin_bytes=2000, origin_log=origin)
+        rows.append({**row, "scenario": "bootstorm", "target": target})
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps(rows))
+    compare_file = tmp_path / "compare.json"
+    compare_file.write_text(json.dumps({"nginx": [{**rows[0], "target": "nginx"}] * 3}))
+    assert [r["target"] for r in load_rows([run_file, compare_file])] == [
+        "direct",
+        "isocache",
+        "nginx",
+    ]
+    paths = plot_files([run_file, compare_file], tmp_path / "plots")
+    assert [p.name for p in paths] == ["bootstorm.png"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_origin_bytes_over_time_spreads_each_fetch() -> None:
+    from bench.plot import origin_bytes_over_time
+
+    times, total = origin_bytes_over_time([[0.0, 2.0, 2000.0], [1.0, 1.0, 500.0]], 4.0)
+    at = dict(zip(times.round(6).tolist(), total.tolist(), strict=True))
+    assert at[0.0] == 0.0
+    assert total[-1] == 2500.0
+    middle = int(abs(times - 2.0).argmin())
+    assert total[middle] == pytest.approx(2500.0, rel=0.01)
 
 
 def test_unique_bytes() -> None:
@@ -58,8 +126,25 @@ def test_figures_on_a_known_log() -> None:
     assert result["origin_to_unique"] == 1.5
     assert result["chunk_hit_rate"] == 0.75
     assert result["latency_p50_ms"] == pytest.approx(1000.0)
+    assert result["origin_log_fetches"] == 0 and result["metrics_agree"] is False
     assert result["ttfb_p99_ms"] == pytest.approx(200.0)
     assert percentile([3.0, 1.0, 2.0, 4.0], 0.5) == 2.0
+
+
+def test_metrics_agree_only_when_both_count_the_same() -> None:
+    log = [Request(0, 0, 4000, 0.0, 0.1, 1.0)]
+    origin = [
+        OriginFetch("HEAD", 200, 0, 0.0, 0.01),
+        OriginFetch("GET", 206, 3000, 0.1, 0.5),
+        OriginFetch("GET", 404, 20, 0.2, 0.2),
+    ]
+    metrics = {"origin_bytes": 3000.0, "isocache_origin_request_seconds_count": 1.0}
+    result = figures(log, unique_bytes=4000, origin_bytes=3020, metrics=metrics, origin_log=origin)
+    assert result["origin_log_fetches"] == 1
+    assert result["metrics_agree"] is False  # 20 bytes of the 404 body the metrics never saw
+    result = figures(log, unique_bytes=4000, origin_bytes=3000, metrics=metrics, origin_log=origin)
+    assert result["metrics_agree"] is True
+    assert result["series"]["origin"][1] == [0.1, 0.5, 3000]
 
 
 async def test_origin_throttle_is_accurate() -> None:
@@ -99,10 +184,16 @@ async def test_bench_quick_smoke() -> None:
     assert {(r["scenario"], r["target"]) for r in rows} == {
         (s, t)
         for s in ("bootstorm", "random", "sequential", "fanin", "eviction")
-        for t in ("direct", "isocache", "isocache-warm", "nginx-slice")
+        for t in ("direct", "isocache", "isocache-warm", "nginx-slice", "nginx")
     }
     for row in rows:
         assert row["client_bytes"] > 0 and row["unique_bytes"] > 0
+        if row["target"].startswith("isocache"):
+            # /metrics and the origin's own log count the same fetches and bytes.
+            assert row["metrics_agree"], row
+            assert row["metrics_origin_bytes"] == row["origin_bytes"]
+        if row["target"] in ("nginx", "isocache-warm") and row["scenario"] != "eviction":
+            assert row["origin_bytes"] == 0
         if row["target"] == "isocache":
             assert row["origin_to_unique"] <= 1.05 or row["scenario"] == "eviction"
             assert row["cpu_seconds"] > 0 and row["peak_rss_bytes"] > 0
