@@ -101,6 +101,7 @@ def _options(args: argparse.Namespace) -> Options:
         per_connection_rate=args.rate or None,
         latency=args.latency or None,
         seed=args.seed,
+        random_count=args.reads,
         fetch=dict(item.split("=", 1) for item in args.fetch),
         recorded=_recorded(args, size),
     )
@@ -152,6 +153,7 @@ def main() -> None:
         sub.add_argument("--rate", default="50MB", help="origin bytes/s per connection")
         sub.add_argument("--latency", default="20ms", help="origin time to first byte")
         sub.add_argument("--seed", type=int, default=1)
+        sub.add_argument("--reads", type=int, default=2000, help="random: reads in all")
         sub.add_argument(
             "--fetch",
             action="append",

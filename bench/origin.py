@@ -9,7 +9,7 @@ import argparse
 import asyncio
 import html
 import json
-import os
+import mmap
 import random
 import re
 import signal
@@ -41,16 +41,22 @@ class LogEntry:
 
 @dataclass
 class _File:
-    source: bytes | Path
+    # A file on disk is mapped, not read per piece: the origin stands in for a remote server,
+    # and the CPU it spends on this 2-core host would otherwise be charged to the target.
+    source: bytes | mmap.mmap
     size: int
     version: int
     mtime: float
 
-    def read(self, offset: int, length: int) -> bytes:
-        if isinstance(self.source, bytes):
-            return self.source[offset : offset + length]
-        with open(self.source, "rb") as file:
-            return os.pread(file.fileno(), length, offset)
+    @classmethod
+    def of(cls, data: bytes | Path, version: int, mtime: float) -> _File:
+        if isinstance(data, bytes):
+            return cls(data, len(data), version, mtime)
+        size = data.stat().st_size
+        if size == 0:
+            return cls(b"", 0, version, mtime)
+        with open(data, "rb") as file:
+            return cls(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ), size, version, mtime)
 
 
 class _Bucket:
@@ -120,11 +126,10 @@ class OriginServer:
 
     def add_file(self, path: str, data: bytes | Path) -> None:
         """Add or replace a file; a replacement gets a new ETag and a later Last-Modified."""
-        size = len(data) if isinstance(data, bytes) else data.stat().st_size
         old = self._files.get(path)
         mtime = max(time.time(), old.mtime + 1) if old else time.time() - 10
         self._versions += 1
-        self._files[path] = _File(data, size, self._versions, mtime)
+        self._files[path] = _File.of(data, self._versions, mtime)
 
     def remove_file(self, path: str) -> None:
         del self._files[path]
@@ -362,7 +367,6 @@ class OriginServer:
         if self.drop_after is not None and self.drops_left > 0:
             self.drops_left -= 1
             drop_at = self.drop_after
-        loop = asyncio.get_running_loop()
         position = start
         try:
             while position < stop:
@@ -377,11 +381,7 @@ class OriginServer:
                     await bucket.take(length)
                 if self._total is not None:
                     await self._total.take(length)
-                data = (
-                    entry.source[position : position + length]
-                    if isinstance(entry.source, bytes)
-                    else await loop.run_in_executor(None, entry.read, position, length)
-                )
+                data = entry.source[position : position + length]
                 await response.write(data)
                 log.body_bytes += len(data)
                 position += len(data)

@@ -38,7 +38,9 @@ class Filler:
 
     Foreground fills (a client is waiting) take any of `max_connections` origin slots.
     Background fills (readahead, prewarm) take at most half of them, and at most
-    `max_per_image` per image version, so a VM's miss never queues behind them.
+    `max_per_image` per image version, so a VM's miss never queues behind them. A background
+    fill still queued for its slot when a client starts waiting on one of its chunks is
+    promoted: it goes on as a foreground fill.
     """
 
     def __init__(
@@ -59,6 +61,8 @@ class Filler:
         self._max_per_image = max_per_image
         self._image_slots: dict[str, asyncio.Semaphore] = {}
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        # Set when a client waits on a chunk of a background fill: one event per fill.
+        self._promotions: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled on close
         self._stores: set[asyncio.Task[None]] = set()  # puts of fetched chunks: awaited on close
         self._store_tasks: dict[str, asyncio.Task[None]] = {}
@@ -70,9 +74,17 @@ class Filler:
             f"stores={len(self._stores)}>"
         )
 
-    def pending(self, version: ImageVersion, index: int) -> asyncio.Future[bytes] | None:
-        """The fill future of a chunk in flight (done but not yet stored counts), or None."""
-        return self._inflight.get(self._store.key(version.identity, index))
+    def pending(
+        self, version: ImageVersion, index: int, *, client_waits: bool = False
+    ) -> asyncio.Future[bytes] | None:
+        """The fill future of a chunk in flight (done but not yet stored counts), or None.
+
+        `client_waits`: a client is about to wait on it, so a background fill still queued
+        for its slot is promoted to foreground."""
+        key = self._store.key(version.identity, index)
+        if client_waits and (promotion := self._promotions.get(key)) is not None:
+            promotion.set()
+        return self._inflight.get(key)
 
     def request(
         self,
@@ -100,14 +112,18 @@ class Filler:
         loop = asyncio.get_running_loop()
         for first, length in _runs(wanted, max_run):
             futures = []
+            promotion = asyncio.Event() if background else None
             for index in range(first, first + length):
                 future: asyncio.Future[bytes] = loop.create_future()
                 # Mark the outcome retrieved: every waiter may have gone away.
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())
-                self._inflight[self._store.key(version.identity, index)] = future
+                key = self._store.key(version.identity, index)
+                self._inflight[key] = future
+                if promotion is not None:
+                    self._promotions[key] = promotion
                 futures.append(future)
             task = asyncio.create_task(
-                self._fill(version, first, futures, background), name=f"fill-{first}+{length}"
+                self._fill(version, first, futures, promotion), name=f"fill-{first}+{length}"
             )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -123,23 +139,60 @@ class Filler:
         await asyncio.gather(*self._stores, return_exceptions=True)
 
     @contextlib.asynccontextmanager
-    async def _slot(self, version: ImageVersion, background: bool):  # type: ignore[no-untyped-def]
+    async def _slot(self, version: ImageVersion, promotion: asyncio.Event | None):  # type: ignore[no-untyped-def]
+        """An origin slot; for a background fill (`promotion` given) first a background
+        slot, unless a client starts waiting on the fill before one is free."""
         async with contextlib.AsyncExitStack() as stack:
-            if background:
-                await stack.enter_async_context(self._background_slots)
-                per_image = self._image_slots.setdefault(
-                    version.identity, asyncio.Semaphore(self._max_per_image)
-                )
-                await stack.enter_async_context(per_image)
+            if promotion is not None and not promotion.is_set():
+                release = await self._background_slot(version, promotion)
+                if release is not None:
+                    stack.callback(release)
             await stack.enter_async_context(self._slots)
             yield
+
+    async def _background_slot(
+        self, version: ImageVersion, promotion: asyncio.Event
+    ) -> Callable[[], None] | None:
+        """Wait for a background slot (returns its release) or for the promotion (None)."""
+        take = asyncio.ensure_future(self._take_background(version))
+        promoted = asyncio.ensure_future(promotion.wait())
+        try:
+            await asyncio.wait({take, promoted}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            take.cancel()
+            take.add_done_callback(_release_if_taken)
+            raise
+        finally:
+            promoted.cancel()
+        if take.done():
+            return take.result()
+        take.cancel()
+        take.add_done_callback(_release_if_taken)  # it may have got the slot meanwhile
+        return None
+
+    async def _take_background(self, version: ImageVersion) -> Callable[[], None]:
+        per_image = self._image_slots.setdefault(
+            version.identity, asyncio.Semaphore(self._max_per_image)
+        )
+        await self._background_slots.acquire()
+        try:
+            await per_image.acquire()
+        except BaseException:
+            self._background_slots.release()
+            raise
+
+        def release() -> None:
+            per_image.release()
+            self._background_slots.release()
+
+        return release
 
     async def _fill(
         self,
         version: ImageVersion,
         first: int,
         futures: Sequence[asyncio.Future[bytes]],
-        background: bool,
+        promotion: asyncio.Event | None,
     ) -> None:
         ref = version.ref
         size = self._chunk_size
@@ -148,20 +201,27 @@ class Filler:
         delivered = 0
         self._metrics.fills_in_flight.inc()
         try:
-            async with self._slot(version, background):
+            async with self._slot(version, promotion):
                 started = time.monotonic()
-                buffer = bytearray()
+                # Pieces are joined once per chunk: each copy of a chunk's bytes costs CPU the
+                # hits being served at the same time need.
+                pieces: list[bytes] = []
+                held = 0
                 origin_bytes = self._metrics.origin_bytes.labels(ref.origin_label)
                 async for data in ref.origin.read(ref.url, version.meta, offset, length):
                     origin_bytes.inc(len(data))
-                    buffer += data
+                    pieces.append(data)
+                    held += len(data)
                     while delivered < len(futures):
                         index = first + delivered
                         chunk_length = version.chunk_length(index, size)
-                        if len(buffer) < chunk_length:
+                        if held < chunk_length:
                             break
-                        chunk = bytes(buffer[:chunk_length])
-                        del buffer[:chunk_length]
+                        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+                        chunk = joined[:chunk_length] if len(joined) > chunk_length else joined
+                        rest = joined[chunk_length:]
+                        pieces = [rest] if rest else []
+                        held = len(rest)
                         futures[delivered].set_result(chunk)
                         delivered += 1
                         self._spawn_store(version, index, futures[delivered - 1], chunk)
@@ -203,10 +263,14 @@ class Filler:
     ) -> None:
         for offset, future in enumerate(futures):
             key = self._store.key(version.identity, first + offset)
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
+            self._forget(key, future)
             if not future.done():
                 future.set_exception(exc)
+
+    def _forget(self, key: str, future: asyncio.Future[bytes]) -> None:
+        if self._inflight.get(key) is future:
+            del self._inflight[key]
+            self._promotions.pop(key, None)
 
     def _spawn_store(
         self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes
@@ -236,6 +300,11 @@ class Filler:
         finally:
             # Until here the done future stays in flight, so a new reader takes the bytes
             # from it instead of fetching the chunk again.
-            if self._inflight.get(key) is future:
-                del self._inflight[key]
+            self._forget(key, future)
             self._metrics.cache_bytes.set(self._store.bytes_used)
+
+
+def _release_if_taken(take: asyncio.Future[Callable[[], None]]) -> None:
+    """Done-callback of a cancelled background-slot wait: give back a slot it got anyway."""
+    if not take.cancelled() and take.exception() is None:
+        take.result()()

@@ -138,7 +138,7 @@ class Reader:
                     if (stats := current_stats.get()) is not None:
                         stats.hits += 1
                 return source
-            future = self._filler.pending(version, index)
+            future = self._filler.pending(version, index, client_waits=True)
             if future is None:
                 started |= self._filler.request(version, [index])
                 future = self._filler.pending(version, index)

@@ -50,6 +50,7 @@ def config_text(
     sendfile: bool = True,
     keepalive: str = "auto",
     readahead: str = "8MiB",
+    fetch: dict[str, str] | None = None,
     extra: str = "",
 ) -> str:
     lines = [
@@ -66,6 +67,7 @@ def config_text(
         'connect_timeout = "2s"',
         'read_timeout = "2s"',
         f'readahead = "{readahead}"',
+        *(f"{key} = {value}" for key, value in (fetch or {}).items()),
         "[origins.test]",
         f'url = "{origin_url}"',
     ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.origin import OriginServer, generate_image
+from bench.origin import LogEntry, OriginServer, generate_image
 from tests.conftest import CHUNK, MakeService, fetch
 
 
@@ -82,6 +82,46 @@ async def test_random_read_does_not_trigger_readahead_sequential_does(
     status, _, body = await fetch(client, url, {"Range": f"bytes={2 * step}-{3 * step}"})
     assert (status, body) == (206, data[2 * step : 3 * step + 1])
     assert origin.body_bytes() <= CHUNK  # already there: readahead paid off
+
+
+async def test_a_client_waiting_on_queued_readahead_promotes_it(
+    origin: OriginServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    """Readahead that waits for a background slot must not make a VM's read wait too: once
+    a client waits on one of its chunks, the fill goes ahead as a foreground fill."""
+    size = 64 * CHUNK
+    data = generate_image(size, seed=63)
+    origin.add_file("img.raw", data)
+    service = await make_service(
+        origin.url,
+        images={"img": "img.raw"},
+        readahead="1MiB",  # 16 chunks, one background run per image at a time:
+        fetch={"max_connections_per_image": "1"},
+    )
+    url = service.url + "images/img"
+    origin.per_connection_rate = 512 * 1024  # a 16-chunk run takes 2 s
+
+    async def read(first_chunk: int, chunks: int) -> None:
+        start = first_chunk * CHUNK
+        stop = start + chunks * CHUNK
+        status, _, body = await fetch(client, url, {"Range": f"bytes={start}-{stop - 1}"})
+        assert (status, body) == (206, data[start:stop])
+
+    def fetches_from(chunk: int) -> list[LogEntry]:
+        prefix = f"bytes={chunk * CHUNK}-"
+        return [e for e in origin.requests("img.raw", "GET") if (e.range or "").startswith(prefix)]
+
+    await read(0, 1)
+    await read(1, 1)  # continues the first read: readahead of chunks 2..17 (run A)
+    await read(40, 1)
+    await read(41, 1)  # readahead of chunks 42..57 (run B), queued behind run A
+    assert fetches_from(42) == []  # B has not started: A holds the image's only slot
+    await read(50, 1)  # waits on a chunk of B
+    [run_a], [run_b] = fetches_from(2), fetches_from(42)
+    assert run_a.range == f"bytes={2 * CHUNK}-{18 * CHUNK - 1}"
+    assert run_b.range == f"bytes={42 * CHUNK}-{58 * CHUNK - 1}"
+    # B started while A was still sending: promoted, not queued until A was done.
+    assert run_a.finished == 0.0 or run_b.started < run_a.finished
 
 
 async def test_whole_image_get_streams_before_the_image_is_fetched(
