@@ -29,6 +29,7 @@ import aiohttp
 from bench import procs, trace
 from bench.core_figures import isocache_config
 from bench.figures import OriginFetch, Request, figures
+from isocache.units import parse_size
 
 TARGETS = ("direct", "isocache", "isocache-warm", "nginx-slice", "nginx")
 SCENARIOS = ("bootstorm", "random", "sequential", "fanin", "eviction")
@@ -47,7 +48,7 @@ http {{
     fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
-    proxy_cache_path {dir}/cache levels=1:2 keys_zone=isos:10m max_size=16g inactive=1d
+    proxy_cache_path {dir}/cache levels=1:2 keys_zone=isos:10m max_size={max_size} inactive=1d
                      use_temp_path=off;
     server {{
         listen 127.0.0.1:{port};
@@ -118,6 +119,17 @@ def _metrics(base: str) -> dict[str, float]:
     return found
 
 
+def _cache_disk_bytes(target_name: str, home: Path) -> int | None:
+    """Bytes of cached image data on disk: isocache's chunk files, nginx's cache files."""
+    if target_name.startswith("isocache"):
+        files = home.rglob("*.val")
+    elif target_name == "nginx-slice":
+        files = (home / "cache").rglob("*")
+    else:
+        return None
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
 def _settled_metrics(base: str, timeout: float = 60.0) -> dict[str, float]:
     """/metrics once no fill is in flight: readahead may still be fetching when the clients
     are done, and the origin's log is read after this, so both count the same fetches."""
@@ -153,7 +165,11 @@ def target(
             yield base + "images/img", base, proc.pid
     elif name == "nginx-slice":
         port = procs.free_port()
-        conf = NGINX_SLICE.format(dir=home, port=port, origin=origin_url.rstrip("/"))
+        # The same limit as isocache's: nginx's cache manager evicts LRU down to max_size.
+        max_size = f"{parse_size(size_limit) // (1024 * 1024)}m"
+        conf = NGINX_SLICE.format(
+            dir=home, port=port, origin=origin_url.rstrip("/"), max_size=max_size
+        )
         with procs.nginx(conf, home):
             procs.wait_http(f"http://127.0.0.1:{port}/nonexistent-probe", ok_statuses=(404,))
             _reset_origin(origin_url)
@@ -350,7 +366,7 @@ def run(
         after = _settled_metrics(base) if base else None
         usage = process_usage(pid) if pid else {}
         stats = _origin_stats(origin_url)
-        disk = sum(f.stat().st_size for f in (work / target_name).rglob("*.val")) if base else None
+        disk = _cache_disk_bytes(target_name, work / target_name)
     origin_bytes = sum(p["body_bytes"] for p in stats["paths"].values())
     delta = {k: after[k] - before.get(k, 0.0) for k in after} if after and before else None
     result = figures(
