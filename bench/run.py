@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -329,7 +330,18 @@ def _image_url(url: str, number: int) -> str:
 def run(
     scenario: str, target_name: str, image: Path, options: Options, work: Path
 ) -> dict[str, Any]:
-    """One scenario on one target; returns its figures."""
+    """One scenario on one target; returns its figures. Removes what it wrote under `work`
+    (caches, copies) at the end: the next run must not start with gigabytes of its
+    predecessor's dirty pages still being written back."""
+    try:
+        return _run(scenario, target_name, image, options, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(
+    scenario: str, target_name: str, image: Path, options: Options, work: Path
+) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     files = {"img.raw": image}
     size_limit = "8GiB"

@@ -197,6 +197,52 @@ async def test_bench_quick_smoke() -> None:
         if row["target"] == "isocache":
             assert row["origin_to_unique"] <= 1.05 or row["scenario"] == "eviction"
             assert row["cpu_seconds"] > 0 and row["peak_rss_bytes"] > 0
-        if row["scenario"] == "eviction" and "disk_bytes_at_end" in row:
+        if row["scenario"] == "eviction" and row["target"].startswith("isocache"):
+            # isocache's limit holds; nginx's cache manager may overshoot its max_size.
             limit = int(row["size_limit"].removesuffix("MiB")) * 1024 * 1024
             assert row["disk_bytes_at_end"] <= limit
+
+
+@pytest.mark.timeout(120)
+async def test_bench_replays_a_recorded_access_log(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    log.write_text(
+        "GET /images/alpine range=bytes=0-262143 status=206 bytes=262144 cache=miss seconds=0.04\n"
+        "GET /images/alpine range=bytes=1048576-1310719 status=206 bytes=262144 cache=hit "
+        "seconds=0.001\n"
+        "GET /images/alpine range=bytes=3000000- status=206 bytes=1194304 cache=hit seconds=0.01\n"
+    )
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "bootstorm",
+            "--size",
+            "4MiB",
+            "--clients",
+            "2",
+            "--connections",
+            "2",
+            "--target",
+            "isocache",
+            "--trace-log",
+            str(log),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "replaying 3 reads of /images/alpine (0 dropped)" in proc.stdout
+    path = Path(proc.stdout.strip().splitlines()[-1].removeprefix("results: "))
+    [row] = json.loads(path.read_text())
+    path.unlink()
+    # Both VMs replayed exactly the recorded reads, the last one clamped to the 4 MiB image.
+    reads = sorted((r[0], r[1]) for r in row["series"]["requests"])
+    assert reads == sorted([(c, n) for c in (0, 1) for n in (262144, 262144, 4194304 - 3000000)])
+    assert row["unique_bytes"] == 2 * 262144 + 4194304 - 3000000
+    assert row["metrics_agree"]
