@@ -25,6 +25,8 @@ from isocache.verify import Verifier, expected_digest
 
 log = logging.getLogger(__name__)
 
+_RUN_CHUNKS = 4  # chunks per origin read; a cancelled job still finishes the reads under way
+
 _STATE_PREFIX = "prewarm/"
 ACTIVE = ("queued", "running")
 
@@ -208,18 +210,26 @@ class PrewarmManager:
         pending: dict[asyncio.Future[bytes], int] = {}
         position = 0
         while position < len(missing) or pending:
-            while position < len(missing) and len(pending) < self._parallel:
-                index = missing[position]
-                position += 1
-                if not self._store.contains(version.identity, index):
-                    self._filler.request(version, [index], background=True)
-                future = self._filler.pending(version, index)
-                if future is not None:
-                    pending[asyncio.shield(future)] = index
-                elif self._store.contains(version.identity, index):  # a client fetched it
-                    job.bytes_done = min(
-                        total, job.bytes_done + version.chunk_length(index, chunk_size)
-                    )
+            while position < len(missing) and len(pending) < self._parallel * _RUN_CHUNKS:
+                # Up to _RUN_CHUNKS adjacent chunks as one origin read: on a high-latency
+                # origin, time to first byte would otherwise cap each connection's rate.
+                batch = missing[position : position + _RUN_CHUNKS]
+                batch = [i for n, i in enumerate(batch) if i == batch[0] + n]
+                position += len(batch)
+                self._filler.request(
+                    version,
+                    [i for i in batch if not self._store.contains(version.identity, i)],
+                    background=True,
+                    max_run=_RUN_CHUNKS,
+                )
+                for index in batch:
+                    future = self._filler.pending(version, index)
+                    if future is not None:
+                        pending[asyncio.shield(future)] = index
+                    elif self._store.contains(version.identity, index):  # a client fetched it
+                        job.bytes_done = min(
+                            total, job.bytes_done + version.chunk_length(index, chunk_size)
+                        )
             if not pending:
                 continue
             finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
