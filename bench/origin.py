@@ -13,6 +13,7 @@ import mmap
 import random
 import re
 import signal
+import ssl
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -114,6 +115,7 @@ class OriginServer:
     autoindex: str = "html"  # listing of a path ending in "/": "html" (nginx style), "json", "none"
     extra_headers: dict[str, str] = field(default_factory=dict)
     log: list[LogEntry] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # serve https with this server context
 
     def __post_init__(self) -> None:
         self._files: dict[str, _File] = {}
@@ -169,7 +171,7 @@ class OriginServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}/"
 
     async def start(self) -> None:
         app = web.Application()
@@ -178,7 +180,7 @@ class OriginServer:
         app.router.add_route("*", "/{path:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.tls)
         await site.start()
         server = site._server
         assert server is not None

@@ -6,8 +6,10 @@ the dotted key. Never echoes a password found in a URL.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import ssl
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,9 @@ class OriginConfig:
     project_domain_name: str = "Default"
     application_credential_id: str | None = None
     application_credential_secret: str | None = field(default=None, repr=False)
+    # TLS (https, ftps, an https S3 endpoint, Glance and Keystone): a PEM bundle of the CAs
+    # to trust instead of the system's; None: the system's.
+    ca_file: str | None = None
 
     @property
     def scheme(self) -> str:
@@ -357,6 +362,7 @@ def _url(table: _Table, *, origin: bool) -> str:
 def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     url = _url(table, origin=True)
     scheme = urlsplit(url).scheme.lower()
+    ca_file = _ca_file(table, base_dir)
     config = OriginConfig(name, url)
     kind = table.choice("kind", "http", ("http", "glance"))
     if kind == "glance":
@@ -394,7 +400,23 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
             addressing=table.choice("addressing", "path", _ADDRESSING),
         )
     table.finish()
-    return config
+    return dataclasses.replace(config, ca_file=ca_file)
+
+
+def _ca_file(table: _Table, base_dir: Path | None) -> str | None:
+    text = table.get("ca_file", str, "a path")
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except OSError as exc:
+        raise table.error("ca_file", f"cannot read {path}: {exc.strerror}") from None
+    except ssl.SSLError as exc:
+        raise table.error("ca_file", f"{path} holds no usable PEM certificate: {exc}") from None
+    return str(path)
 
 
 def _glance(name: str, url: str, table: _Table, base_dir: Path | None) -> OriginConfig:

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from multidict import CIMultiDict
 
 from bench.origin import OriginServer, generate_image
@@ -166,3 +167,13 @@ class ProcessService:
 
 
 __all__ = ["CHUNK", "KiB", "MiB", "ProcessService", "config_text", "fetch", "generate_image"]
+
+
+@pytest.fixture
+def test_ca(tmp_path: Path) -> tuple[Path, Path]:
+    """(the CA's certificate, a PEM with the key and certificate chain for 127.0.0.1)."""
+    ca = trustme.CA()
+    ca_file, server_pem = tmp_path / "ca.pem", tmp_path / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    return ca_file, server_pem

@@ -1,5 +1,6 @@
 """A real FTP server (pyftpdlib) on loopback, in a thread, with a log of commands and of the
-bytes each RETR really sent, and a switch that drops a data connection mid-transfer."""
+bytes each RETR really sent, and a switch that drops a data connection mid-transfer. With a
+certificate it is an FTPS server (explicit TLS, required on control and data connections)."""
 
 from __future__ import annotations
 
@@ -33,14 +34,22 @@ class FtpLog:
 
 
 class FtpServer:
-    def __init__(self, root: Path, user: str = "iso", password: str = "s3cret-pw") -> None:
+    def __init__(
+        self,
+        root: Path,
+        user: str = "iso",
+        password: str = "s3cret-pw",
+        tls_certfile: Path | None = None,  # PEM: key and certificate chain
+    ) -> None:
         self.root = root
+        self.tls = tls_certfile is not None
+        dtp_base, handler_base = _handler_classes(self.tls)
         self.user = user
         self.password = password
         self.log = FtpLog()
         log = self.log
 
-        class CountingDTP(DTPHandler):  # type: ignore[misc]
+        class CountingDTP(dtp_base):  # type: ignore[misc, valid-type]
             retr: Retr | None = None
 
             def send(self, data: Any) -> int:
@@ -59,7 +68,7 @@ class FtpServer:
                         self.retr.sent += sent
                 return sent
 
-        class LoggingHandler(FTPHandler):  # type: ignore[misc]
+        class LoggingHandler(handler_base):  # type: ignore[misc, valid-type]
             dtp_handler = CountingDTP
 
             def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
@@ -84,6 +93,10 @@ class FtpServer:
         LoggingHandler.auth_failed_timeout = 0.1  # pyftpdlib delays a failed login 3 s
         LoggingHandler.passive_ports = None
         LoggingHandler.permit_foreign_addresses = False
+        if tls_certfile is not None:
+            LoggingHandler.certfile = str(tls_certfile)
+            LoggingHandler.tls_control_required = True
+            LoggingHandler.tls_data_required = True
         self.server = ThreadedFTPServer(("127.0.0.1", 0), LoggingHandler)
         self.port = self.server.address[1]
         self._thread = threading.Thread(
@@ -94,7 +107,7 @@ class FtpServer:
 
     def url(self, with_user: bool = True) -> str:
         user = f"{self.user}@" if with_user else ""
-        return f"ftp://{user}127.0.0.1:{self.port}/"
+        return f"{'ftps' if self.tls else 'ftp'}://{user}127.0.0.1:{self.port}/"
 
     def start(self) -> None:
         self._thread.start()
@@ -102,3 +115,12 @@ class FtpServer:
     def stop(self) -> None:
         self.server.close_all()
         self._thread.join(5)
+
+
+def _handler_classes(tls: bool) -> tuple[type, type]:
+    if not tls:
+        return DTPHandler, FTPHandler
+    # pyftpdlib's TLS classes need pyOpenSSL, imported only for an FTPS server.
+    from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
+
+    return TLS_DTPHandler, TLS_FTPHandler

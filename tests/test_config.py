@@ -128,6 +128,8 @@ BAD = [
     ('[admin]\ntoken = "a"\ntoken_file = "/nonexistent"\n', "admin.token_file"),
     ('[admin]\ntoken_file = "/nonexistent/token"\n', "admin.token_file"),
     ('origins = "x"\n', "origins"),
+    ('[origins.o]\nurl = "https://h/"\nca_file = "/nonexistent/ca.pem"\n', "origins.o.ca_file"),
+    ('[origins.o]\nurl = "https://h/"\nca_file = "bad.toml"\n', "origins.o.ca_file"),  # no PEM
     ("[cache\n", "(toml)"),
 ]
 

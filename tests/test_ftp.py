@@ -39,6 +39,19 @@ async def ftp_service(
     return await make_service("http://127.0.0.1:9/", extra=origin)
 
 
+async def assert_random_ranges(
+    client: aiohttp.ClientSession, url: str, data: bytes, rng: random.Random, count: int
+) -> None:
+    """`count` random ranges of up to 3 chunks, then the whole image: all byte-exact."""
+    for _ in range(count):
+        first = rng.randrange(len(data))
+        last = min(len(data) - 1, first + rng.randrange(3 * CHUNK))
+        status, _, body = await fetch(client, url, {"Range": f"bytes={first}-{last}"})
+        assert (status, body) == (206, data[first : last + 1])
+    status, _, body = await fetch(client, url)
+    assert (status, body) == (200, data)
+
+
 @pytest.mark.parametrize("warm", [False, True], ids=["miss", "hit"])
 async def test_ranges_are_byte_exact(
     ftp: FtpServer, make_service: MakeService, client: aiohttp.ClientSession, warm: bool
@@ -48,14 +61,7 @@ async def test_ranges_are_byte_exact(
     url = service.url + "origins/ftp/disk.iso"
     if warm:
         assert (await fetch(client, url))[2] == data
-    rng = random.Random(81)
-    for _ in range(40):
-        first = rng.randrange(SIZE)
-        last = min(SIZE - 1, first + rng.randrange(3 * CHUNK))
-        status, _, body = await fetch(client, url, {"Range": f"bytes={first}-{last}"})
-        assert (status, body) == (206, data[first : last + 1])
-    status, _, body = await fetch(client, url)
-    assert (status, body) == (200, data)
+    await assert_random_ranges(client, url, data, random.Random(81), 40)
     async with client.head(url) as resp:
         assert resp.headers["Content-Length"] == str(SIZE)
         assert resp.headers["Accept-Ranges"] == "bytes"
@@ -112,3 +118,51 @@ async def test_missing_file_is_404(
     service = await ftp_service(make_service, ftp)
     status, _, body = await fetch(client, service.url + "origins/ftp/nope.iso")
     assert status == 404 and b'"error"' in body
+
+
+@pytest.fixture
+def ftps(tmp_path: Path, test_ca: tuple[Path, Path]) -> Iterator[FtpServer]:
+    logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+    root = tmp_path / "ftpsroot"
+    (root / "isos").mkdir(parents=True)
+    (root / "isos" / "disk.iso").write_bytes(generate_image(SIZE, seed=82))
+    server = FtpServer(root, password=PASSWORD, tls_certfile=test_ca[1])
+    server.start()
+    yield server
+    server.stop()
+
+
+async def ftps_service(make_service: MakeService, ftps: FtpServer, ca_file: Path | None) -> Service:
+    trust = f'ca_file = "{ca_file}"\n' if ca_file else ""
+    origin = f'[origins.ftps]\nurl = "{ftps.url()}isos/"\npassword = "{PASSWORD}"\n{trust}'
+    return await make_service("http://127.0.0.1:9/", extra=origin)
+
+
+async def test_ftps_reads_over_tls_control_and_data(
+    ftps: FtpServer,
+    test_ca: tuple[Path, Path],
+    make_service: MakeService,
+    client: aiohttp.ClientSession,
+) -> None:
+    data = generate_image(SIZE, seed=82)
+    service = await ftps_service(make_service, ftps, ca_file=test_ca[0])
+    url = service.url + "origins/ftps/disk.iso"
+    await assert_random_ranges(client, url, data, random.Random(83), 10)
+    commands = [c for c, _ in ftps.log.commands]
+    # TLS before the password goes out, and the data connections protected.
+    assert commands.index("AUTH") < commands.index("USER") < commands.index("PASS")
+    assert ("PBSZ", "0") in ftps.log.commands and ("PROT", "P") in ftps.log.commands
+    assert ftps.log.retrs  # the server sent the bytes (tls_data_required: only over TLS)
+
+
+async def test_ftps_with_an_untrusted_certificate_is_502_before_login(
+    ftps: FtpServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    service = await ftps_service(make_service, ftps, ca_file=None)  # the system's CAs
+    status, headers, body = await fetch(client, service.url + "origins/ftps/disk.iso")
+    assert status == 502
+    assert headers["Content-Type"].startswith("application/json")
+    assert b"TLS certificate not trusted" in body
+    # Not retried, and nothing after AUTH TLS: no USER, no PASS, no RETR.
+    assert [c for c, _ in ftps.log.commands] == ["AUTH"]
+    assert ftps.log.retrs == []

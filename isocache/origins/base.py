@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,6 +33,11 @@ class FetchLimits:
 
 
 DEFAULT_LIMITS = FetchLimits()
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Certificate and host name checks on, trusting `ca_file`'s CAs or else the system's."""
+    return ssl.create_default_context(cafile=ca_file)
 
 
 async def back_off(exc: OriginError, attempt: int, limits: FetchLimits, what: str) -> None:

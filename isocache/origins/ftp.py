@@ -34,6 +34,7 @@ from isocache.origins.base import (
     OriginMeta,
     back_off,
     plain_name,
+    tls_context,
 )
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class FtpOrigin:
     def __init__(self, config: OriginConfig, limits: FetchLimits = DEFAULT_LIMITS) -> None:
         parts = urlsplit(config.url)
         self._tls = parts.scheme.lower() == "ftps"
+        self._ca_file = config.ca_file
         self._host = parts.hostname or ""
         self._port = parts.port or 21
         self._user = config.username or (unquote(parts.username) if parts.username else "anonymous")
@@ -90,7 +92,9 @@ class FtpOrigin:
         try:
             await client.connect(self._host, self._port)
             if self._tls:
-                await client.upgrade_to_tls(ssl.create_default_context())
+                # AUTH TLS, then PBSZ 0 + PROT P: data connections are TLS too, resuming
+                # the control connection's session as servers like vsftpd require.
+                await client.upgrade_to_tls(tls_context(self._ca_file))
             await client.login(self._user, self._password)
             # Binary mode: SIZE is refused (or wrong) in ASCII mode, and RETR must not
             # translate line ends.
@@ -137,6 +141,12 @@ class FtpOrigin:
             raise OriginProtocolError(f"{self._label} answered FTP {received}") from exc
         except TimeoutError as exc:
             raise OriginTimeout(f"timed out talking to {self._label}") from exc
+        except ssl.SSLCertVerificationError as exc:
+            # A definite answer: retrying cannot make the certificate trusted.
+            raise OriginProtocolError(
+                f"{self._label}: TLS certificate not trusted ({exc.verify_message}); "
+                "see the origin's ca_file"
+            ) from exc
         except (OSError, ConnectionError, aioftp.AIOFTPException, ssl.SSLError) as exc:
             raise OriginUnavailable(
                 f"connection to {self._label} failed: {type(exc).__name__}"

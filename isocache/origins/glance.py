@@ -49,6 +49,7 @@ class GlanceOrigin(HttpOrigin):
             # Glance may redirect image data to its own store only within the endpoint.
             is_allowed=lambda url: url.startswith(base),
             limits=limits,
+            ca_file=config.ca_file,
         )
         self._name = config.name
         self._base = base

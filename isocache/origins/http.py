@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import logging
 import re
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -26,7 +27,14 @@ from isocache.errors import (
     OriginUnavailable,
 )
 from isocache.origins.autoindex import AutoindexParser, parse_json_autoindex
-from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, OriginMeta, back_off
+from isocache.origins.base import (
+    DEFAULT_LIMITS,
+    FetchLimits,
+    ListEntry,
+    OriginMeta,
+    back_off,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +69,14 @@ class HttpOrigin:
     """
 
     def __init__(
-        self, *, is_allowed: Callable[[str], bool], limits: FetchLimits = DEFAULT_LIMITS
+        self,
+        *,
+        is_allowed: Callable[[str], bool],
+        limits: FetchLimits = DEFAULT_LIMITS,
+        ca_file: str | None = None,
     ) -> None:
         self._is_allowed = is_allowed
+        self._ssl: ssl.SSLContext | bool = tls_context(ca_file) if ca_file else True
         self._limits = limits
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=limits.connect_timeout, sock_read=limits.read_timeout
@@ -73,7 +86,9 @@ class HttpOrigin:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections * 2, ttl_dns_cache=60)
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections * 2, ttl_dns_cache=60, ssl=self._ssl
+            )
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=self._timeout,
@@ -119,6 +134,12 @@ class HttpOrigin:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise OriginTimeout(f"timed out talking to {redact_url(target)}") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # A definite answer: retrying cannot make the certificate trusted.
+            raise OriginProtocolError(
+                f"{redact_url(target)}: TLS certificate not trusted "
+                f"({exc.certificate_error}); see the origin's ca_file"
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise OriginUnavailable(
                 f"cannot connect to {redact_url(target)}: {exc.os_error}"

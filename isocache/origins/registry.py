@@ -1,4 +1,5 @@
-"""Builds one backend per configured origin (HTTP origins share one pooled client) and finds
+"""Builds one backend per configured origin (HTTP origins share one pooled client, except those
+with a `ca_file` of their own) and finds
 the backend of a URL. The only place that knows which class serves which scheme."""
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class Backends:
                 self._by_origin[name] = FtpOrigin(origin, limits)
             elif origin.scheme == "s3":
                 self._by_origin[name] = S3Origin(origin, limits)
+            elif origin.ca_file:  # its own trust, so its own pool
+                self._by_origin[name] = HttpOrigin(
+                    is_allowed=is_allowed, limits=limits, ca_file=origin.ca_file
+                )
             else:
                 self._by_origin[name] = self.http
 

@@ -70,6 +70,7 @@ class S3Origin(HttpOrigin):
         super().__init__(
             is_allowed=lambda url: False,
             limits=limits,
+            ca_file=config.ca_file,
         )
         self._bucket = urlsplit(config.url).netloc
         self._region = config.region or "us-east-1"
