@@ -363,6 +363,8 @@ def _run(
         ),
     ):
         before = _metrics(base) if base else None
+        # CPU of the workload alone, not of starting up or of isocache-warm's prewarm.
+        cpu_before = process_usage(pid)["cpu_seconds"] if pid else 0.0
         if scenario == "fanin":
             records = fanin(url, options.clients, _sha256(image), work)
             unique = options.size
@@ -377,6 +379,8 @@ def _run(
             records = asyncio.run(replay(url, client_traces, options.connections))
         after = _settled_metrics(base) if base else None
         usage = process_usage(pid) if pid else {}
+        if usage:
+            usage["cpu_seconds"] -= cpu_before
         stats = _origin_stats(origin_url)
         disk = _cache_disk_bytes(target_name, work / target_name)
     origin_bytes = sum(p["body_bytes"] for p in stats["paths"].values())

@@ -196,7 +196,8 @@ async def test_bench_quick_smoke() -> None:
             assert row["origin_bytes"] == 0
         if row["target"] == "isocache":
             assert row["origin_to_unique"] <= 1.05 or row["scenario"] == "eviction"
-            assert row["cpu_seconds"] > 0 and row["peak_rss_bytes"] > 0
+            # CPU of the workload alone: a tiny run may take less than one clock tick.
+            assert row["cpu_seconds"] >= 0 and row["peak_rss_bytes"] > 0
         if row["scenario"] == "eviction" and row["target"].startswith("isocache"):
             # isocache's limit holds; nginx's cache manager may overshoot its max_size.
             limit = int(row["size_limit"].removesuffix("MiB")) * 1024 * 1024
