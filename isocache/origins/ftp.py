@@ -60,6 +60,9 @@ class FtpOrigin:
         self._sessions = asyncio.Semaphore(config.max_sessions)
         self._idle: list[aioftp.Client] = []
         self._spent: set[aioftp.Client] = set()  # sessions that must not go back to the pool
+        # FTPS: each session's plain transport under its TLS one. Python 3.11's
+        # StreamWriter.start_tls does not always close it with the TLS transport.
+        self._plain: dict[aioftp.Client, asyncio.BaseTransport] = {}
 
     def __repr__(self) -> str:
         return f"<FtpOrigin {self._label} idle={len(self._idle)}>"
@@ -76,12 +79,17 @@ class FtpOrigin:
         for client in idle:
             await self._discard(client, polite=True)
 
-    @staticmethod
-    async def _discard(client: aioftp.Client, *, polite: bool = False) -> None:
+    async def _discard(self, client: aioftp.Client, *, polite: bool = False) -> None:
         if polite:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.quit(), 1.0)
+        self._close(client)
+
+    def _close(self, client: aioftp.Client) -> None:
         client.close()
+        plain = self._plain.pop(client, None)
+        if plain is not None:
+            plain.close()
 
     async def _login(self) -> aioftp.Client:
         client = aioftp.Client(
@@ -92,6 +100,7 @@ class FtpOrigin:
         try:
             await client.connect(self._host, self._port)
             if self._tls:
+                self._plain[client] = client.stream.writer.transport
                 # AUTH TLS, then PBSZ 0 + PROT P: data connections are TLS too, resuming
                 # the control connection's session as servers like vsftpd require.
                 await client.upgrade_to_tls(tls_context(self._ca_file))
@@ -100,7 +109,7 @@ class FtpOrigin:
             # translate line ends.
             await client.command("TYPE I", "200")
         except BaseException:
-            client.close()
+            self._close(client)
             raise
         return client
 
@@ -116,11 +125,11 @@ class FtpOrigin:
             except BaseException:
                 if client is not None:
                     self._spent.discard(client)
-                    client.close()
+                    self._close(client)
                 raise
             if client in self._spent:
                 self._spent.discard(client)
-                client.close()
+                self._close(client)
             else:
                 self._idle.append(client)
 
