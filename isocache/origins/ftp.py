@@ -233,6 +233,7 @@ class FtpOrigin:
         (426, 225, 226) come back in which order, and a misread reply would desynchronise
         every later command on that session."""
         stream = await client.download_stream(path, offset=offset)
+        finished = False
         try:
             while want:
                 data = await stream.read(min(want, _READ_PIECE))
@@ -243,10 +244,16 @@ class FtpOrigin:
                 yield data
             if to_end:
                 await stream.finish()
+                finished = True
                 return
         except BaseException:
             self._spent.add(client)
             raise
         finally:
-            stream.close()
+            if finished:
+                stream.close()
+            else:
+                # Abandoned mid-transfer: abort. A TLS close would first wait for the
+                # server's close_notify, which a server still sending may never send.
+                stream.writer.transport.abort()
         self._spent.add(client)
