@@ -50,7 +50,8 @@ def wait_http(url: str, timeout: float = 30.0, ok_statuses: tuple[int, ...] = ()
             time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
+def stop(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """SIGTERM (which `timeout` passes on to its command), then SIGKILL after 10 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -77,7 +78,7 @@ def origin(
         line = wait_for_line(proc, "listening on ")
         yield line.split("listening on ", 1)[1].strip()
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @contextlib.contextmanager
@@ -105,7 +106,7 @@ def isocache(config_text: str, workdir: Path) -> Iterator[tuple[str, subprocess.
             time.sleep(0.05)
         yield url, proc
     finally:
-        _stop(proc)  # type: ignore[arg-type]
+        stop(proc)
 
 
 NGINX_STATIC = """
@@ -152,4 +153,4 @@ def nginx(conf_text: str, workdir: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        _stop(proc)
+        stop(proc)

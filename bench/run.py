@@ -294,6 +294,16 @@ def fanin(url: str, clients: int, image_sha256: str, work: Path) -> list[Request
         )
         for n in range(clients)
     ]
+    try:
+        return _finish_copies(children, started, image_sha256, work)
+    finally:
+        for child in children:  # on error or Ctrl-C, none outlives the run
+            procs.stop(child)
+
+
+def _finish_copies(
+    children: list[subprocess.Popen[bytes]], started: float, image_sha256: str, work: Path
+) -> list[Request]:
     records = []
     for number, child in enumerate(children):
         _, err = child.communicate()
@@ -307,7 +317,7 @@ def fanin(url: str, clients: int, image_sha256: str, work: Path) -> list[Request
         digest = _sha256(copy)
         copy.unlink()
         if digest != image_sha256:
-            raise RuntimeError(f"copy {number} through {url} has the wrong sha256")
+            raise RuntimeError(f"copy {number} has the wrong sha256")
         records.append(Request(number, 0, size, started, started, finished))
     return records
 

@@ -125,5 +125,5 @@ def recorded_trace(
         else:
             dropped += 1
     if path is None and by_path:
-        path = max(by_path, key=lambda p: len(by_path[p]))  # type: ignore[arg-type]
+        path = max(by_path, key=lambda p: len(by_path[p]))
     return by_path.get(path, []), path, dropped

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -247,3 +248,68 @@ async def test_bench_replays_a_recorded_access_log(tmp_path: Path) -> None:
     assert reads == sorted([(c, n) for c in (0, 1) for n in (262144, 262144, 4194304 - 3000000)])
     assert row["unique_bytes"] == 2 * 262144 + 4194304 - 3000000
     assert row["metrics_agree"]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
+@pytest.mark.timeout(120)
+def test_ctrl_c_stops_everything_the_bench_started(tmp_path: Path) -> None:
+    """SIGINT to the bench alone (not its process group) mid-fanin: the origin, nginx and
+    the qemu-img processes under `timeout` all go away."""
+    errors = tmp_path / "stderr"
+    with open(errors, "wb") as stderr:
+        bench = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "bench", "run", "fanin", "--size", "64MiB"),
+                *("--rate", "1MB", "--clients", "2", "--target", "nginx-slice"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        started: set[int] = set()
+        # The origin, nginx's master and worker, two `timeout`s and two qemu-imgs.
+        while len(started) < 7:
+            assert bench.poll() is None, errors.read_text()[-2000:]
+            assert time.monotonic() < deadline, f"only {len(started)} processes started"
+            started = _descendants(bench.pid)
+            time.sleep(0.1)
+        bench.send_signal(signal.SIGINT)
+        bench.wait(60)
+        deadline = time.monotonic() + 30
+        while left := {pid for pid in started if _alive(pid)}:
+            assert time.monotonic() < deadline, f"still running: {left}"
+            time.sleep(0.1)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
