@@ -9,6 +9,7 @@ does not cancel a fill others wait on. A failed fill reaches every waiter and st
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -31,6 +32,44 @@ def _runs(indexes: Iterable[int], max_run: int) -> list[tuple[int, int]]:
         else:
             runs.append((index, 1))
     return runs
+
+
+class _Pieces:
+    """Origin bytes as they arrive, cut into chunks with one copy each: every copy of a
+    chunk costs CPU that the hits served at the same time need."""
+
+    def __init__(self) -> None:
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._skip = 0  # bytes of the first piece already taken
+        self.held = 0
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self._pieces.append(data)
+            self.held += len(data)
+
+    def take(self, length: int) -> bytes:
+        """The next `length` bytes; the caller checked that `held` covers them."""
+        parts: list[bytes | memoryview] = []
+        need = length
+        while need:
+            piece = self._pieces[0]
+            available = len(piece) - self._skip
+            used = min(available, need)
+            if self._skip == 0 and used == len(piece):
+                parts.append(piece)
+            else:
+                parts.append(memoryview(piece)[self._skip : self._skip + used])
+            need -= used
+            if used == available:
+                self._pieces.popleft()
+                self._skip = 0
+            else:
+                self._skip += used
+        self.held -= length
+        if len(parts) == 1 and isinstance(parts[0], bytes):
+            return parts[0]
+        return b"".join(parts)
 
 
 class Filler:
@@ -203,25 +242,17 @@ class Filler:
         try:
             async with self._slot(version, promotion):
                 started = time.monotonic()
-                # Pieces are joined once per chunk: each copy of a chunk's bytes costs CPU the
-                # hits being served at the same time need.
-                pieces: list[bytes] = []
-                held = 0
+                pieces = _Pieces()
                 origin_bytes = self._metrics.origin_bytes.labels(ref.origin_label)
                 async for data in ref.origin.read(ref.url, version.meta, offset, length):
                     origin_bytes.inc(len(data))
-                    pieces.append(data)
-                    held += len(data)
+                    pieces.add(data)
                     while delivered < len(futures):
                         index = first + delivered
                         chunk_length = version.chunk_length(index, size)
-                        if held < chunk_length:
+                        if pieces.held < chunk_length:
                             break
-                        joined = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-                        chunk = joined[:chunk_length] if len(joined) > chunk_length else joined
-                        rest = joined[chunk_length:]
-                        pieces = [rest] if rest else []
-                        held = len(rest)
+                        chunk = pieces.take(chunk_length)
                         futures[delivered].set_result(chunk)
                         delivered += 1
                         self._spawn_store(version, index, futures[delivered - 1], chunk)
