@@ -65,13 +65,15 @@ def table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) 
     return "\n".join(lines)
 
 
-def report(rows: list[dict[str, Any]]) -> str:
-    """The figures table, then /metrics against the origin's log for the isocache rows."""
+def agreement(rows: list[dict[str, Any]]) -> str:
+    """/metrics against the origin's log for the isocache rows ("" when there are none)."""
     counted = [r for r in rows if "metrics_agree" in r]
-    text = table(rows)
-    if counted:
-        text += "\n\n" + table(counted, AGREEMENT)
-    return text
+    return "\n\n" + table(counted, AGREEMENT) if counted else ""
+
+
+def report(rows: list[dict[str, Any]]) -> str:
+    """The figures table, then the agreement table."""
+    return table(rows) + agreement(rows)
 
 
 def save(scenario: str, payload: Any) -> Path:
@@ -129,9 +131,8 @@ def _compare(args: argparse.Namespace, options: Options, image: Path, work: Path
         ]
         cells = [f"{v:.4g}" if v is not None else "-" for v in values] + ratios
         print(f"| {key} | " + " | ".join(cells) + " |")
-    counted = [r for rows in rounds.values() for r in rows if "metrics_agree" in r]
-    if counted:
-        print("\n" + table(counted, AGREEMENT))
+    if text := agreement([r for rows in rounds.values() for r in rows]):
+        print(text)
     print(f"\nresults: {save(args.scenario + '-compare', rounds)}")
 
 

@@ -407,9 +407,7 @@ def _ca_file(table: _Table, base_dir: Path | None) -> str | None:
     text = table.get("ca_file", str, "a path")
     if text is None:
         return None
-    path = Path(text).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
+    path = _config_path(text, base_dir)
     try:
         ssl.create_default_context(cafile=str(path))
     except OSError as exc:
@@ -491,10 +489,16 @@ def _cloud_auth(table: _Table, cloud: str | None) -> dict[str, Any]:
     raise table.error("cloud", f"no cloud named {cloud!r} in any clouds.yaml")
 
 
-def _read_secret(table: _Table, key: str, text: str, base_dir: Path | None) -> str:
+def _config_path(text: str, base_dir: Path | None) -> Path:
+    """A path from the config: relative ones are relative to the config file's directory."""
     path = Path(text).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
+    return path
+
+
+def _read_secret(table: _Table, key: str, text: str, base_dir: Path | None) -> str:
+    path = _config_path(text, base_dir)
     try:
         return path.read_text().strip()
     except OSError as exc:

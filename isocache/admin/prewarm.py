@@ -216,12 +216,8 @@ class PrewarmManager:
                 batch = missing[position : position + _RUN_CHUNKS]
                 batch = [i for n, i in enumerate(batch) if i == batch[0] + n]
                 position += len(batch)
-                self._filler.request(
-                    version,
-                    [i for i in batch if not self._store.contains(version.identity, i)],
-                    background=True,
-                    max_run=_RUN_CHUNKS,
-                )
+                # request() skips chunks already stored or in flight.
+                self._filler.request(version, batch, background=True, max_run=_RUN_CHUNKS)
                 for index in batch:
                     future = self._filler.pending(version, index)
                     if future is not None:

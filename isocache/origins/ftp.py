@@ -47,8 +47,8 @@ class FtpOrigin:
 
     def __init__(self, config: OriginConfig, limits: FetchLimits = DEFAULT_LIMITS) -> None:
         parts = urlsplit(config.url)
-        self._tls = parts.scheme.lower() == "ftps"
-        self._ca_file = config.ca_file
+        # Built once: it reads the CA files.
+        self._tls = tls_context(config.ca_file) if parts.scheme.lower() == "ftps" else None
         self._host = parts.hostname or ""
         self._port = parts.port or 21
         self._user = config.username or (unquote(parts.username) if parts.username else "anonymous")
@@ -99,11 +99,11 @@ class FtpOrigin:
         )
         try:
             await client.connect(self._host, self._port)
-            if self._tls:
+            if self._tls is not None:
                 self._plain[client] = client.stream.writer.transport
                 # AUTH TLS, then PBSZ 0 + PROT P: data connections are TLS too, resuming
                 # the control connection's session as servers like vsftpd require.
-                await client.upgrade_to_tls(tls_context(self._ca_file))
+                await client.upgrade_to_tls(self._tls)
             await client.login(self._user, self._password)
             # Binary mode: SIZE is refused (or wrong) in ASCII mode, and RETR must not
             # translate line ends.

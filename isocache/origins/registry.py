@@ -1,6 +1,6 @@
-"""Builds one backend per configured origin (HTTP origins share one pooled client, except those
-with a `ca_file` of their own) and finds
-the backend of a URL. The only place that knows which class serves which scheme."""
+"""Builds one backend per configured origin (HTTP origins share one pooled client, except
+those with a `ca_file` of their own) and finds the backend of a URL. The only place that
+knows which class serves which scheme."""
 
 from __future__ import annotations
 
