@@ -129,7 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         from isocache.service import run
 
-        asyncio.run(run(config))
+        try:
+            asyncio.run(run(config))
+        except ConfigError as exc:  # found at start-up: the cache directory
+            print(f"isocache: config error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         return 0
     return _admin(args)
 

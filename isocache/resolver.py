@@ -129,8 +129,9 @@ class Resolver:
                     )
                     await self._store.drop_image(persisted.identity)
                 await self._store.save_meta(ref.url, _meta_record(version))
-        if ref.pinned:
-            self._store.pin(version.identity)
+        if ref.name is not None and self._store.is_pinned(ref.name):
+            # The pin follows the image to its new version; the old one is released.
+            await self._store.pin(ref.name, version.identity)
         self._known[ref.url] = _Known(version, now)
         return version
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from isocache.admin.api import AdminApi
 from isocache.admin.prewarm import PrewarmManager
 from isocache.catalog import Catalog
-from isocache.config import Config
+from isocache.config import Config, ConfigError
 from isocache.errors import BadRequest
 from isocache.fill import Filler
 from isocache.front.app import build_app
@@ -24,7 +24,7 @@ from isocache.metrics import Metrics
 from isocache.origins.registry import Backends
 from isocache.reader import Reader
 from isocache.resolver import Resolver
-from isocache.store import ChunkStore
+from isocache.store import ChunkStore, StoreDirError
 from isocache.verify import Verifier
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,16 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
-        await self.store.open()
+        try:
+            await self.store.open()
+        except StoreDirError as exc:
+            raise ConfigError(config.source, "cache.dir", str(exc)) from None
         self.metrics.cache_bytes.set(self.store.bytes_used)
         self._backends = Backends(
             config, lambda url: self.catalog is not None and self.catalog.is_allowed(url)
         )
         self.catalog = Catalog(config, self._backends)
         resolver = Resolver(self.store, self.metrics, revalidate=config.cache.revalidate)
-        await self._pin_known(resolver)
         self.filler = Filler(
             self.store,
             self.metrics,
@@ -101,6 +103,8 @@ class Service:
             prewarm=self.prewarm,
         )
         await self.admin.restore()
+        await self._restore_pins(resolver)
+        await self.store.enforce_limit()
         await self.prewarm.resume()
         settings = FrontSettings(keepalive=config.server.keepalive, sendfile=config.server.sendfile)
         images = ImageHandlers(
@@ -122,14 +126,23 @@ class Service:
             self.port = sockets[0].getsockname()[1]
         log.info("listening on %s", self.url)
 
-    async def _pin_known(self, resolver: Resolver) -> None:
-        """Pin the last known versions of pinned images before anything can evict them."""
+    async def _restore_pins(self, resolver: Resolver) -> None:
+        """Bring the store's saved pins in line with the catalog before anything can evict:
+        `pin = true` in the config is applied at every start, a pin whose image is gone is
+        released, and a pin whose version was not yet known gets the last known one."""
         assert self.catalog is not None
-        for ref in self.catalog.images().values():
-            if ref.pinned:
+        images = self.catalog.images()
+        for owner in self.store.pins():
+            if owner not in images:
+                log.info("pin-released image=%s reason=image no longer defined", owner)
+                await self.store.unpin(owner)
+        for name, ref in images.items():
+            if ref.pinned or self.store.pins().get(name, "") is None:
                 version = await resolver.persisted(ref)
                 if version is not None:
-                    self.store.pin(version.identity)
+                    await self.store.pin(name, version.identity)
+                elif not self.store.is_pinned(name):
+                    await self.store.pin(name, None)
 
     def _lookup(self, target: dict[str, str]) -> ImageRef:
         """A prewarm target: {"image": NAME} or {"path": "/origins/NAME/<path>"}."""

@@ -3,7 +3,8 @@
 The only module that imports diskcache. Every diskcache call runs in the store's executor;
 the in-memory index (presence, length, checksum, LRU order) is touched only on the event loop,
 so a hit costs no SQLite work. diskcache is used with eviction_policy "none": the store does
-LRU itself (see ../shared/DESIGN.md: a per-hit SQLite write costs 4x and stalls readers).
+LRU itself (docs/ARCHITECTURE.md, "The store": a per-hit SQLite write costs 4x and stalls
+readers). It deletes only files it wrote, in a directory it owns and holds a lock on.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import io
 import logging
 import os
+import re
 import time
-import warnings
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,8 +39,27 @@ _DATA = "c:"  # c:<identity>:<index> -> chunk bytes (a value file)
 _RECORD = "r:"  # r:<identity>:<index> -> (length, crc32, value file path, last access)
 _META = "m:"  # m:<url> -> dict of the last known origin metadata
 _STATE = "s:"  # s:<name> -> small service state (prewarm jobs, run-time images)
+_PIN = "pin/"  # s:pin/<owner> -> pinned identity (or None until a version is known)
 # Access times reach disk in batches; losing the last interval in a crash only blurs LRU order.
 _ACCESS_FLUSH_INTERVAL = 30.0
+
+# A directory is the store's only when it holds this marker (written into an empty directory
+# at first start): start-up cleans up inside it, so it must never be an operator's directory.
+MARKER = "ISOCACHE-STORE"
+_MARKER_TEXT = (
+    "This directory is an isocache chunk store. isocache deletes files in it that it wrote.\n"
+    "Keep nothing else here.\n"
+)
+LOCK = "isocache.lock"  # flock'ed by the running instance, holds its PID
+_DISKCACHE_FILES = frozenset({"cache.db", "cache.db-wal", "cache.db-shm"})
+_HEX2 = re.compile(r"[0-9a-f]{2}")
+# diskcache's value files: <2 hex>/<2 hex>/<28 hex>.val (Disk.filename). Start-up removes
+# unreferenced files of exactly this shape and nothing else.
+_VALUE_FILE = re.compile(r"[0-9a-f]{2}/[0-9a-f]{2}/[0-9a-f]{28}\.val")
+
+
+class StoreDirError(Exception):
+    """The cache directory cannot be used: not ours, or in use by another instance."""
 
 
 @dataclass(slots=True)
@@ -81,7 +102,7 @@ class ChunkStore:
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
         self._cache: Any = None
         self._index: OrderedDict[str, ChunkRecord] = OrderedDict()  # LRU first
-        self._pinned: set[str] = set()
+        self._pins: dict[str, str | None] = {}  # owner (image name) -> pinned identity
         self._chunk_counts: collections.Counter[str] = collections.Counter()
         self._touched: set[str] = set()
         self._bytes_used = 0  # chunks in the index
@@ -89,11 +110,12 @@ class ChunkStore:
         self._room_lock = asyncio.Lock()
         self._flush_task: asyncio.Task[None] | None = None
         self._low_space_logged = False
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return (
             f"<ChunkStore {self.directory} chunks={len(self._index)} "
-            f"bytes={self._bytes_used}/{self.size_limit} pinned={len(self._pinned)}>"
+            f"bytes={self._bytes_used}/{self.size_limit} pins={len(self._pins)}>"
         )
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
@@ -102,25 +124,76 @@ class ChunkStore:
     # -- life cycle -----------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open (or create) the store, drop what a crash left behind, load the index."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        records = await self._run(self._open_blocking)
+        """Open (or create) the store, drop what a crash left behind, load the index and pins.
+
+        Raises StoreDirError when the directory holds files that are not the store's (and no
+        marker) or another instance holds its lock. Nothing is evicted here: call
+        `enforce_limit()` once every pin is known.
+        """
+        await self._run(self._claim_directory)
+        try:
+            records, pins = await self._run(self._open_blocking)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._pins = pins
         now = time.time()
         for key, record in sorted(records.items(), key=lambda item: item[1].last_access):
             record.last_access = min(record.last_access, now)
             self._add(key, record)
         self._flush_task = asyncio.create_task(self._flush_access_loop(), name="store-flush")
         log.info(
-            "store-open dir=%s chunks=%d bytes=%d limit=%d",
+            "store-open dir=%s chunks=%d bytes=%d limit=%d pins=%d",
             self.directory,
             len(self._index),
             self._bytes_used,
             self.size_limit,
+            len(self._pins),
         )
+
+    async def enforce_limit(self) -> None:
+        """Evict unpinned chunks until the store fits size_limit (lowered since last run)."""
         if self._bytes_used > self.size_limit:
             await self._evict_to(self.size_limit)
 
-    def _open_blocking(self) -> dict[str, ChunkRecord]:
+    def _claim_directory(self) -> None:
+        """Make sure the directory is ours, then lock it for this process."""
+        directory = self.directory
+        directory.mkdir(parents=True, exist_ok=True)
+        entries = set(os.listdir(directory))
+        if MARKER not in entries:
+            # A store from before the marker existed holds only diskcache's own files.
+            legacy = "cache.db" in entries and all(
+                name in _DISKCACHE_FILES or name == LOCK or _HEX2.fullmatch(name)
+                for name in entries
+            )
+            if entries and not legacy:
+                shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+                raise StoreDirError(
+                    f"{directory} is not empty ({shown}) and is not an isocache store "
+                    f"(no {MARKER} file): give cache.dir an empty or new directory"
+                )
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreDirError(
+                f"{directory} is in use by another isocache instance (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+        if MARKER not in entries:
+            (directory / MARKER).write_text(_MARKER_TEXT)
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+    def _open_blocking(self) -> tuple[dict[str, ChunkRecord], dict[str, str | None]]:
         cache = diskcache.Cache(
             str(self.directory),
             eviction_policy="none",
@@ -130,17 +203,9 @@ class ChunkStore:
             tag_index=True,
         )
         self._cache = cache
-        # Orphaned value files (a crash between file write and row insert) and rows whose
-        # file is gone. check() may "fix" a torn file by recording its short size; our own
-        # length and checksum catch that below and on first read.
-        with warnings.catch_warnings():
-            # check() reports through warnings.warn; collect them, never raise them. Nothing
-            # else runs yet, so changing the process-wide filter here is safe.
-            warnings.simplefilter("always")
-            repairs = cache.check(fix=True)
-        for warning in repairs:
-            log.warning("store-repair %s", warning.message)
+        self._remove_orphans(cache)
         records: dict[str, ChunkRecord] = {}
+        pins: dict[str, str | None] = {}
         data_keys: set[str] = set()
         for key in list(cache.iterkeys()):
             if not isinstance(key, str):
@@ -156,6 +221,9 @@ class ChunkStore:
                     )
                 else:
                     cache.delete(key)
+            elif key.startswith(_STATE + _PIN):
+                value = cache.get(key)
+                pins[key[len(_STATE + _PIN) :]] = value if isinstance(value, str) else None
         for key in set(records) - data_keys:
             del records[key]
             cache.delete(_RECORD + key)
@@ -166,7 +234,33 @@ class ChunkStore:
                 del records[key]
                 cache.delete(_RECORD + key)
                 cache.delete(_DATA + key)
-        return records
+        return records, pins
+
+    def _remove_orphans(self, cache: Any) -> None:
+        """Drop rows whose value file is gone, and value files no row refers to (a crash
+        between diskcache's file write and its row insert). Unlike diskcache's
+        check(fix=True), which deletes every file it does not know anywhere below the
+        directory, only files of diskcache's own value-file shape are removed."""
+        # diskcache has no public way to list the files it refers to: one read-only query.
+        rows = cache._sql("SELECT key, filename FROM Cache WHERE filename IS NOT NULL").fetchall()
+        known: set[str] = set()
+        for key, filename in rows:
+            if os.path.exists(os.path.join(self.directory, filename)):
+                known.add(filename)
+            else:
+                log.warning("store-repair missing value file for key=%s", key)
+                cache.delete(key)
+        for sub in os.listdir(self.directory):
+            top = self.directory / sub
+            if not (_HEX2.fullmatch(sub) and top.is_dir() and not top.is_symlink()):
+                continue
+            for dirpath, _, files in os.walk(top):
+                for name in files:
+                    relative = os.path.relpath(os.path.join(dirpath, name), self.directory)
+                    if _VALUE_FILE.fullmatch(relative) and relative not in known:
+                        log.warning("store-repair orphan value file %s", relative)
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(os.path.join(self.directory, relative))
 
     async def close(self) -> None:
         if self._flush_task is not None:
@@ -178,6 +272,7 @@ class ChunkStore:
             await self._flush_access()
             await self._run(self._cache.close)
             self._cache = None
+        self._release_lock()
         self._executor.shutdown(wait=True)
 
     # -- reads ----------------------------------------------------------------------------
@@ -280,12 +375,17 @@ class ChunkStore:
         self._index.move_to_end(key)
         self._touched.add(key)
 
-    async def verify_chunks(self, identity: str) -> tuple[int, int]:
-        """Re-read every stored chunk of an image version against its checksum; drop the bad.
-
-        Returns (good, dropped)."""
+    async def verify_chunks(
+        self, identity: str, *, unverified_only: bool = False
+    ) -> tuple[int, int]:
+        """Re-read stored chunks of an image version (all, or those this process has not
+        checked yet) against their checksums; drop the bad. Returns (good, dropped)."""
         prefix = identity + ":"
-        keys = [(k, r) for k, r in self._index.items() if k.startswith(prefix)]
+        keys = [
+            (k, r)
+            for k, r in self._index.items()
+            if k.startswith(prefix) and not (unverified_only and r.verified)
+        ]
         good = dropped = 0
         for key, record in keys:
             data = await self._run(self._read_blocking, record.path)
@@ -366,10 +466,11 @@ class ChunkStore:
         """Evict least recently used unpinned chunks until at most `target` bytes are stored."""
         victims: list[str] = []
         remaining = self._bytes_used
+        pinned = self.pinned_identities()
         for key, record in self._index.items():
             if remaining <= target:
                 break
-            if key.split(":", 1)[0] in self._pinned:
+            if key.split(":", 1)[0] in pinned:
                 continue
             victims.append(key)
             remaining -= record.length
@@ -402,11 +503,39 @@ class ChunkStore:
 
     # -- pins -----------------------------------------------------------------------------
 
-    def pin(self, identity: str) -> None:
-        self._pinned.add(identity)
+    # The store is the one owner of pin state: which owner (an image name) pins which
+    # identity. It is saved with every change and loaded in open(), before anything can
+    # evict, and an owner pins one identity at a time, so re-pointing an image releases
+    # its old version.
 
-    def unpin(self, identity: str) -> None:
-        self._pinned.discard(identity)
+    async def pin(self, owner: str, identity: str | None) -> None:
+        """Pin `identity` for `owner`, releasing what the owner pinned before. None pins
+        nothing yet (the version is unknown) but keeps the owner pinned."""
+        if owner in self._pins and self._pins[owner] == identity:
+            return
+        self._pins[owner] = identity
+        await self._save_pin(owner, identity)
+
+    async def unpin(self, owner: str) -> None:
+        if owner in self._pins:
+            del self._pins[owner]
+            await self._run(self._cache.delete, _STATE + _PIN + owner)
+
+    async def _save_pin(self, owner: str, identity: str | None) -> None:
+        try:
+            await self._run(self._cache.set, _STATE + _PIN + owner, identity)
+        except OSError as exc:
+            log.warning("store-pin-write-failed owner=%s error=%s", owner, exc)
+
+    def is_pinned(self, owner: str) -> bool:
+        return owner in self._pins
+
+    def pins(self) -> dict[str, str | None]:
+        """Owner -> pinned identity (None until a version is known)."""
+        return dict(self._pins)
+
+    def pinned_identities(self) -> set[str]:
+        return {identity for identity in self._pins.values() if identity is not None}
 
     # -- origin metadata ------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ class Verifier:
         self._results: dict[str, bool] = {}
         self._failures: dict[str, str] = {}
         self._running: dict[str, asyncio.Task[bool | None]] = {}
+        self._recheck: set[str] = set()
 
     async def close(self) -> None:
         tasks = list(self._running.values())
@@ -43,6 +44,12 @@ class Verifier:
         """True or False once verified, None when not (yet) verified."""
         return self._results.get(identity)
 
+    def forget(self, identity: str) -> None:
+        """Drop what is known of this version (after an evict or an admin's verify), so a
+        failure is not for ever: the next complete copy is hashed again."""
+        self._results.pop(identity, None)
+        self._failures.pop(identity, None)
+
     def check(self, version: ImageVersion) -> None:
         """Raise the recorded mismatch of this version, if it had one."""
         failure = self._failures.get(version.identity)
@@ -52,15 +59,24 @@ class Verifier:
     def chunk_stored(self, version: ImageVersion) -> None:
         """Called after each stored chunk: start verifying when the image became complete."""
         identity = version.identity
-        if identity in self._results or identity in self._running:
+        if identity in self._results or expected_digest(version) is None:
             return
-        if expected_digest(version) is None:
+        if identity in self._running:
+            # It may end incomplete (a damaged chunk dropped) while this chunk completed
+            # the image again: look once more when it ends.
+            self._recheck.add(identity)
             return
         if self._store.chunk_count(identity) < version.chunk_count(self._store.chunk_size):
             return
         task = asyncio.create_task(self._verify(version), name=f"verify-{identity}")
         self._running[identity] = task
-        task.add_done_callback(lambda _: self._running.pop(identity, None))
+        task.add_done_callback(lambda _: self._verified(version))
+
+    def _verified(self, version: ImageVersion) -> None:
+        self._running.pop(version.identity, None)
+        if version.identity in self._recheck:
+            self._recheck.discard(version.identity)
+            self.chunk_stored(version)
 
     async def verify(self, version: ImageVersion, *, again: bool = False) -> bool | None:
         """The verification result of this version, hashing it if that was not done yet
@@ -74,10 +90,15 @@ class Verifier:
 
     async def _verify(self, version: ImageVersion) -> bool | None:
         expected = expected_digest(version)
-        paths = self._store.chunk_paths(
-            version.identity, version.chunk_count(self._store.chunk_size)
-        )
-        if expected is None or paths is None:
+        count = version.chunk_count(self._store.chunk_size)
+        if expected is None or self._store.chunk_paths(version.identity, count) is None:
+            return None
+        # Chunks from an earlier run may be torn or damaged on disk: check their crc32 first
+        # (a bad one is dropped and fetched again), so a damaged file is a refetch, never a
+        # digest mismatch held against the image.
+        _, dropped = await self._store.verify_chunks(version.identity, unverified_only=True)
+        paths = self._store.chunk_paths(version.identity, count)
+        if dropped or paths is None:
             return None
         algo, want = expected
         try:

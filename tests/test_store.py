@@ -117,7 +117,7 @@ async def test_lru_eviction_keeps_within_limit(tmp_path: Path) -> None:
 async def test_pinned_image_is_never_evicted(tmp_path: Path) -> None:
     store = await open_store(tmp_path, size_limit=4 * CHUNK)
     try:
-        store.pin("pinned")
+        await store.pin("img", "pinned")
         for index in range(3):
             assert await store.put("pinned", index, chunk(index))
         for index in range(5):

@@ -17,7 +17,7 @@ from isocache.admin.openapi import OPENAPI
 from isocache.admin.prewarm import PrewarmManager
 from isocache.catalog import Catalog
 from isocache.config import redact_url
-from isocache.errors import BadRequest, Conflict, Forbidden, ImageNotFound, NotFound, Unauthorized
+from isocache.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from isocache.image import ImageRef, ImageVersion
 from isocache.resolver import Resolver
 from isocache.store import ChunkStore
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _IMAGES_STATE = "images/"
-_PINS_STATE = "pins/"
+_LEGACY_PINS_STATE = "pins/"  # before the store owned pins: name -> bool
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -78,17 +78,17 @@ class AdminApi:
         for key, value in (await self._store.load_states(_IMAGES_STATE)).items():
             name = key[len(_IMAGES_STATE) :]
             try:
-                self._catalog.register(
-                    name, value["url"], value.get("sha256"), bool(value.get("pin"))
-                )
+                # A run-time image's pin lives in the store's pins, not in its record.
+                self._catalog.register(name, value["url"], value.get("sha256"), False)
             except (KeyError, TypeError, Conflict, Forbidden) as exc:
                 log.warning("admin-restore-skipped image=%s reason=%s", name, exc)
-        for key, pinned in (await self._store.load_states(_PINS_STATE)).items():
-            name = key[len(_PINS_STATE) :]
-            try:
-                self._catalog.set_pinned(name, bool(pinned))
-            except ImageNotFound:
-                continue
+                await self._store.delete_state(key)
+                await self._store.unpin(name)
+        for key, pinned in (await self._store.load_states(_LEGACY_PINS_STATE)).items():
+            name = key[len(_LEGACY_PINS_STATE) :]
+            if pinned and not self._store.is_pinned(name):
+                await self._store.pin(name, None)
+            await self._store.delete_state(key)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ class AdminApi:
             "url": redact_url(ref.url),
             "size": version.size if version else None,
             "cached_bytes": cached,
-            "pinned": ref.pinned,
+            "pinned": self._store.is_pinned(ref.name or ""),
             "verified": self._verifier.result(version.identity) if version else None,
             "last_access": _iso(last_access),
         }
@@ -161,36 +161,45 @@ class AdminApi:
                 f"unknown fields: {', '.join(sorted(set(body) - {'url', 'sha256', 'pin'}))}"
             )
         existed = name in self._catalog.images()
-        ref = self._catalog.register(name, url, sha256.lower() if sha256 else None, pin)
+        ref = self._catalog.register(name, url, sha256.lower() if sha256 else None, False)
         await self._store.save_state(
             _IMAGES_STATE + name, {"url": url, "sha256": ref.sha256, "pin": pin}
         )
+        if pin:
+            # Re-pointing a pinned image releases its old version at once.
+            version = await self._version(ref)
+            await self._store.pin(name, version.identity if version else None)
+        else:
+            await self._store.unpin(name)
         return web.json_response(await self._describe(ref), status=200 if existed else 201)
 
     async def unregister(self, request: web.Request) -> web.Response:
         self._authorise(request)
         name = request.match_info["name"]
-        ref = self._catalog.unregister(name)
+        self._catalog.unregister(name)
         await self._store.delete_state(_IMAGES_STATE + name)
-        version = await self._version(ref)
-        if version is not None:
-            self._store.unpin(version.identity)
+        await self._store.unpin(name)
         return web.json_response({"name": name, "unregistered": True})
 
     async def evict(self, request: web.Request) -> web.Response:
         self._authorise(request)
         ref = self._image(request)
         version = await self._version(ref)
-        dropped = await self._store.drop_image(version.identity) if version else 0
+        dropped = 0
+        if version is not None:
+            dropped = await self._store.drop_image(version.identity)
+            self._verifier.forget(version.identity)
         return web.json_response({"name": ref.name, "evicted_chunks": dropped})
 
     async def pin(self, request: web.Request) -> web.Response:
         self._authorise(request)
         ref = self._image(request)
         version = await self._resolver.resolve(ref)
+        images = self._catalog.images()
         pinned = 0
-        for other in self._catalog.images().values():
-            if other.pinned and other.name != ref.name:
+        for owner in self._store.pins():
+            other = images.get(owner)
+            if other is not None and owner != ref.name:
                 known = await self._version(other)
                 pinned += known.size if known else 0
         if pinned + version.size > self._store.size_limit:
@@ -198,24 +207,20 @@ class AdminApi:
                 f"pinning {ref.name} ({version.size} bytes) next to {pinned} pinned bytes "
                 f"would exceed cache.size_limit ({self._store.size_limit} bytes)"
             )
-        ref = self._catalog.set_pinned(ref.name or "", True)
-        self._store.pin(version.identity)
-        await self._store.save_state(_PINS_STATE + (ref.name or ""), True)
+        await self._store.pin(ref.name or "", version.identity)
         return web.json_response(await self._describe(ref))
 
     async def unpin(self, request: web.Request) -> web.Response:
         self._authorise(request)
-        ref = self._catalog.set_pinned(self._image(request).name or "", False)
-        version = await self._version(ref)
-        if version is not None:
-            self._store.unpin(version.identity)
-        await self._store.save_state(_PINS_STATE + (ref.name or ""), False)
+        ref = self._image(request)
+        await self._store.unpin(ref.name or "")
         return web.json_response(await self._describe(ref))
 
     async def verify(self, request: web.Request) -> web.Response:
         self._authorise(request)
         ref = self._image(request)
         version = await self._resolver.resolve(ref)
+        self._verifier.forget(version.identity)
         good, dropped = await self._store.verify_chunks(version.identity)
         verified = await self._verifier.verify(version, again=True)
         return web.json_response(
