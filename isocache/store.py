@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import re
+import sqlite3
 import time
 import zlib
 from collections import OrderedDict
@@ -92,6 +93,7 @@ class ChunkStore:
         chunk_size: int,
         headroom: int = 64 * MiB,
         on_evict: Callable[[int], None] | None = None,
+        flush_interval: float = _ACCESS_FLUSH_INTERVAL,
     ) -> None:
         self.directory = directory
         self.size_limit = size_limit
@@ -99,6 +101,7 @@ class ChunkStore:
         # Free space kept beyond what a chunk needs: SQLite needs WAL room even to delete.
         self.headroom = headroom
         self._on_evict = on_evict or (lambda count: None)
+        self._flush_interval = flush_interval
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
         self._cache: Any = None
         self._index: OrderedDict[str, ChunkRecord] = OrderedDict()  # LRU first
@@ -265,15 +268,16 @@ class ChunkStore:
     async def close(self) -> None:
         if self._flush_task is not None:
             self._flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
+            await asyncio.gather(self._flush_task, return_exceptions=True)
             self._flush_task = None
-        if self._cache is not None:
-            await self._flush_access()
-            await self._run(self._cache.close)
+        try:
+            if self._cache is not None:
+                await self._flush_access()
+                await self._run(self._cache.close)
+        finally:
             self._cache = None
-        self._release_lock()
-        self._executor.shutdown(wait=True)
+            self._release_lock()
+            self._executor.shutdown(wait=True)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -576,13 +580,20 @@ class ChunkStore:
 
     async def _flush_access_loop(self) -> None:
         while True:
-            await asyncio.sleep(_ACCESS_FLUSH_INTERVAL)
-            try:
-                await self._flush_access()
-            except (OSError, StoreError) as exc:
-                log.warning("store-flush-failed error=%s", exc)
+            await asyncio.sleep(self._flush_interval)
+            await self._flush_access()
 
     async def _flush_access(self) -> None:
+        """Write touched access times; on failure (a full disk makes SQLite raise
+        OperationalError, not OSError) log, keep them for the next try, and go on."""
+        touched = set(self._touched)
+        try:
+            await self._write_access()
+        except (OSError, sqlite3.Error, StoreError) as exc:
+            self._touched |= {key for key in touched if key in self._index}
+            log.warning("store-flush-failed error=%s", exc)
+
+    async def _write_access(self) -> None:
         updates = {
             key: (r.length, r.crc, r.path, r.last_access)
             for key in self._touched
