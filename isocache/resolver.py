@@ -60,7 +60,14 @@ class Resolver:
             entry.checked_at = float("-inf")
 
     async def resolve(self, ref: ImageRef) -> ImageVersion:
-        """Return the version of `ref` to serve. Raises ImageNotFound or OriginError."""
+        """Return the version of `ref` to serve. Raises ImageNotFound or OriginError.
+
+        Past the revalidate window a known version is still served at once while the origin
+        is asked in the background (stale-while-revalidate): a hung origin must not stall
+        reads of a cached image (qemu's curl driver gives a read 5 s in all). The next
+        request sees what the origin answered. Only a first resolve, or one after a fill saw
+        the file change (`invalidate`), waits for the origin.
+        """
         entry = self._known.get(ref.url)
         if entry is not None and self._clock() - entry.checked_at < self._revalidate:
             return entry.version
@@ -73,6 +80,8 @@ class Resolver:
             task = asyncio.create_task(self._refresh(ref, pending), name="resolve")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if entry is not None and entry.checked_at != float("-inf"):
+            return entry.version
         return await asyncio.shield(pending)
 
     async def _refresh(self, ref: ImageRef, result: asyncio.Future[ImageVersion]) -> None:
