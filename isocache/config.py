@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from isocache.units import MiB, parse_duration, parse_size
+from isocache.urls import is_under, path_problem
 
 SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3"})
 _ADDRESSING = ("path", "virtual")
@@ -245,10 +246,19 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path | None = None
         name: _image(name, table)
         for name, table in _named_tables(source, "images", data.get("images", {}))
     }
+    for name, origin in origins.items():
+        problem = path_problem(origin.url)
+        if problem is not None:
+            raise ConfigError(source, f"origins.{name}.url", f"URL refused: {problem}")
     for name, image in images.items():
+        # Any image URL, under an origin or not: an origin may resolve what it names to
+        # somewhere else (dot segments, encoded slashes).
+        problem = path_problem(image.url)
+        if problem is not None:
+            raise ConfigError(source, f"images.{name}.url", f"URL refused: {problem}")
         scheme = urlsplit(image.url).scheme.lower()
         if scheme not in ("http", "https") and not any(
-            image.url.startswith(origin.url) for origin in origins.values()
+            is_under(image.url, origin.url) for origin in origins.values()
         ):
             raise ConfigError(
                 source,

@@ -24,10 +24,11 @@ from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
 
-from isocache.config import OriginConfig
+from isocache.config import OriginConfig, redact_url
 from isocache.errors import ImageNotFound, OriginError, OriginProtocolError
 from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, OriginMeta, plain_name
 from isocache.origins.http import HttpOrigin
+from isocache.urls import is_under
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class GlanceOrigin(HttpOrigin):
         auth_url = config.auth_url or ""
         super().__init__(
             # Glance may redirect image data to its own store only within the endpoint.
-            is_allowed=lambda url: url.startswith(base),
+            is_allowed=lambda url: is_under(url, base),
             limits=limits,
             ca_file=config.ca_file,
         )
@@ -151,8 +152,8 @@ class GlanceOrigin(HttpOrigin):
     # -- images ---------------------------------------------------------------------------
 
     async def _image_id(self, url: str) -> str:
-        if not url.startswith(self._base):
-            raise OriginProtocolError(f"{url} is not on Glance origin {self._name}")
+        if not is_under(url, self._base):
+            raise OriginProtocolError(f"{redact_url(url)} is not on Glance origin {self._name}")
         ref = unquote(url[len(self._base) :])
         if _UUID.fullmatch(ref):
             return ref
