@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import quote, unquote
 
-from isocache.config import Config, redact_url
+from isocache.config import Config
 from isocache.errors import BadPath, Conflict, Forbidden, ImageNotFound
 from isocache.image import ImageRef
 from isocache.origins.base import Origin
 from isocache.origins.registry import Backends
-from isocache.urls import is_under, path_problem, same_place
+from isocache.urls import is_under, path_problem, redact_url, same_place
 
 # Characters left unescaped when a decoded path segment is put back into an origin URL
 # (RFC 3986 pchar minus "%"): everything else is percent-encoded again.

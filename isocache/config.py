@@ -1,7 +1,7 @@
 """The TOML config: frozen dataclasses per table, validated on load.
 
 Rejects unknown keys, wrong types and bad units with a ConfigError that names the file and
-the dotted key. Never echoes a password found in a URL.
+the dotted key. Never echoes a password or a query found in a URL (urls.redact_url).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from isocache.units import MiB, parse_duration, parse_size
 from isocache.urls import is_under, path_problem
+from isocache.urls import redact_url as redact_url  # its old home: imported from here too
 
 SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3"})
 _ADDRESSING = ("path", "virtual")
@@ -126,19 +127,6 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     origins: dict[str, OriginConfig] = field(default_factory=dict)
     images: dict[str, ImageConfig] = field(default_factory=dict)
-
-
-def redact_url(url: str) -> str:
-    """`url` with the password of its userinfo replaced by "***" (for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
 
 
 def default_cache_dir() -> Path:

@@ -1,4 +1,4 @@
-"""URL containment: pure functions, no I/O.
+"""URL containment and redaction: pure functions, no I/O.
 
 Containment decides whether a URL lies under an origin's URL. It works on the URL exactly
 as it will be sent, compares path segments (not string prefixes: /isos-evil/ is not under
@@ -7,20 +7,29 @@ segments however they are encoded (nginx and Apache resolve "..", Tomcat reads "
 servers and proxies decode twice or take "\\" for "/"), encoded slashes and backslashes,
 control characters. Refusing is safe: no legitimate image URL needs any of these.
 
+Redaction turns a URL into something fit for a log line, an error body or the admin API:
+the userinfo password, the query and the fragment are masked (signed URLs carry their
+secrets in the query: X-Amz-Signature, token=...).
+
 Leaf module: imports nothing from isocache.
 """
 
 from __future__ import annotations
 
+import re
 from urllib.parse import SplitResult, unquote, unquote_to_bytes, urlsplit, urlunsplit
 
 from yarl import URL
 
+REDACTED = "<redacted>"
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21, "ftps": 990}
 # Decoding this many times must reach a fixed point; deeper nesting is refused outright.
 _MAX_DECODES = 4
 # Overlong UTF-8 forms of ".", "/" and "\" that lax decoders accept.
 _OVERLONG = (b"\xc0\xae", b"\xe0\x80\xae", b"\xc0\xaf", b"\xe0\x80\xaf", b"\xc1\x9c")
+# Up to whitespace or a quote; "<" and ">" are taken in so that an already redacted URL
+# ("...?<redacted>") comes out the same.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"]+")
 
 
 def _segment_problem(raw: str) -> str | None:
@@ -123,3 +132,34 @@ def same_place(url: str) -> str:
         host = f"{host}:{port}"
     userinfo, at, _ = parts.netloc.rpartition("@")
     return urlunsplit(parts._replace(scheme=scheme, netloc=userinfo + at + host))
+
+
+def redact_url(url: str) -> str:
+    """`url` for logs, errors and listings: the userinfo password becomes "***", a query
+    "?<redacted>" and a fragment "#<redacted>"."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is not None:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{hostport}")
+    if parts.query:
+        parts = parts._replace(query=REDACTED)
+    if parts.fragment:
+        parts = parts._replace(fragment=REDACTED)
+    return urlunsplit(parts)
+
+
+def redact_text(text: str) -> str:
+    """`text` with every URL in it redacted (a last guard for messages built elsewhere)."""
+
+    def one(match: re.Match[str]) -> str:
+        # Punctuation after a URL is most likely the sentence's, as linkifiers assume.
+        url = match.group(0)
+        core = url.rstrip(".,:;!)]")
+        return redact_url(core) + url[len(core) :]
+
+    return _URL_IN_TEXT.sub(one, text)

@@ -24,11 +24,11 @@ from urllib.parse import quote, unquote, urlencode
 
 import aiohttp
 
-from isocache.config import OriginConfig, redact_url
+from isocache.config import OriginConfig
 from isocache.errors import ImageNotFound, OriginError, OriginProtocolError
 from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, OriginMeta, plain_name
 from isocache.origins.http import HttpOrigin
-from isocache.urls import is_under
+from isocache.urls import is_under, redact_url
 
 log = logging.getLogger(__name__)
 
