@@ -2,29 +2,26 @@
 
 Turns a configured image name, or an origin name plus a path under it, into an ImageRef.
 Also the allowlist: a URL may be fetched (or redirected to) only when it lies under a
-configured origin or is a configured image's URL.
+configured origin or is a configured image's URL. "Under" is urls.is_under, per path
+segment on the URL as it is sent, with dot segments refused however they are encoded.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote
 
-from isocache.config import Config, redact_url
+from isocache.config import Config
 from isocache.errors import BadPath, Conflict, Forbidden, ImageNotFound
 from isocache.image import ImageRef
 from isocache.origins.base import Origin
 from isocache.origins.registry import Backends
+from isocache.urls import is_under, path_problem, redact_url, same_place
 
 # Characters left unescaped when a decoded path segment is put back into an origin URL
 # (RFC 3986 pchar minus "%"): everything else is percent-encoded again.
 _SEGMENT_SAFE = "!$&'()*+,;=:@~-._"
 _IMAGES_LABEL = "images"
-
-
-def _normalise(url: str) -> str:
-    parts = urlsplit(url)
-    return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()).geturl()
 
 
 class Catalog:
@@ -34,12 +31,13 @@ class Catalog:
     def __init__(self, config: Config, backends: Backends) -> None:
         self._backends = backends
         self._origins = {name: o.url for name, o in config.origins.items()}
-        self._prefixes = tuple(_normalise(url) for url in self._origins.values())
         self._images: dict[str, ImageRef] = {}
         self.configured = frozenset(config.images)
         for name, image in config.images.items():
             self._images[name] = self._ref(name, image.url, image.sha256, image.pin)
-        self._image_urls = frozenset(_normalise(ref.url) for ref in self._images.values())
+        self._image_urls = frozenset(
+            same_place(ref.url) for ref in self._images.values() if path_problem(ref.url) is None
+        )
 
     def _ref(self, name: str, url: str, sha256: str | None, pinned: bool) -> ImageRef:
         origin_name = self._origin_of(url)
@@ -57,7 +55,10 @@ class Catalog:
         else is Forbidden and never contacted. Configured images cannot be replaced."""
         if name in self.configured:
             raise Conflict(f"image {name!r} is defined in the config file")
-        if not _normalise(url).startswith(self._prefixes):
+        problem = path_problem(url)
+        if problem is not None:
+            raise Forbidden(f"{redact_url(url)} is refused: {problem}")
+        if self._origin_of(url) is None:
             raise Forbidden(f"{redact_url(url)} is outside the configured origins")
         ref = self._ref(name, url, sha256, pinned)
         self._images[name] = ref
@@ -77,16 +78,16 @@ class Catalog:
         return ref
 
     def _origin_of(self, url: str) -> str | None:
-        normal = _normalise(url)
         for name, prefix in self._origins.items():
-            if normal.startswith(_normalise(prefix)):
+            if is_under(url, prefix):
                 return name
         return None
 
     def is_allowed(self, url: str) -> bool:
         """True when `url` lies under a configured origin or is a configured image URL."""
-        normal = _normalise(url)
-        return normal in self._image_urls or normal.startswith(self._prefixes)
+        if path_problem(url) is not None:
+            return False
+        return same_place(url) in self._image_urls or self._origin_of(url) is not None
 
     def images(self) -> dict[str, ImageRef]:
         return dict(self._images)
@@ -136,4 +137,9 @@ class Catalog:
             if any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in segment):
                 raise BadPath("path segment holds '/', '\\' or a control character")
             segments.append(quote(segment, safe=_SEGMENT_SAFE))
-        return base + "/".join(segments)
+        url = base + "/".join(segments)
+        # The same check as every other URL: catches what the segment rules above let
+        # through, such as "..;" (a ".." to Tomcat) or a doubly encoded "%252e%252e".
+        if not is_under(url, base):
+            raise BadPath(f"path refused: {path_problem(url) or 'outside the origin'}")
+        return url

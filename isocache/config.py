@@ -1,7 +1,7 @@
 """The TOML config: frozen dataclasses per table, validated on load.
 
 Rejects unknown keys, wrong types and bad units with a ConfigError that names the file and
-the dotted key. Never echoes a password found in a URL.
+the dotted key. Never echoes a password or a query found in a URL (urls.redact_url).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from isocache.units import MiB, parse_duration, parse_size
+from isocache.urls import is_under, path_problem
+from isocache.urls import redact_url as redact_url  # its old home: imported from here too
 
 SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3"})
 _ADDRESSING = ("path", "virtual")
@@ -127,19 +129,6 @@ class Config:
     images: dict[str, ImageConfig] = field(default_factory=dict)
 
 
-def redact_url(url: str) -> str:
-    """`url` with the password of its userinfo replaced by "***" (for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{hostport}"))
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "isocache"
@@ -245,10 +234,19 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path | None = None
         name: _image(name, table)
         for name, table in _named_tables(source, "images", data.get("images", {}))
     }
+    for name, origin in origins.items():
+        problem = path_problem(origin.url)
+        if problem is not None:
+            raise ConfigError(source, f"origins.{name}.url", f"URL refused: {problem}")
     for name, image in images.items():
+        # Any image URL, under an origin or not: an origin may resolve what it names to
+        # somewhere else (dot segments, encoded slashes).
+        problem = path_problem(image.url)
+        if problem is not None:
+            raise ConfigError(source, f"images.{name}.url", f"URL refused: {problem}")
         scheme = urlsplit(image.url).scheme.lower()
         if scheme not in ("http", "https") and not any(
-            image.url.startswith(origin.url) for origin in origins.values()
+            is_under(image.url, origin.url) for origin in origins.values()
         ):
             raise ConfigError(
                 source,

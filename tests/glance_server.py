@@ -46,6 +46,12 @@ class GlanceServer:
         }
         return image_id
 
+    def delete_image(self, image_id: str) -> None:
+        del self.images[image_id]
+
+    def deactivate_image(self, image_id: str) -> None:
+        self.images[image_id]["status"] = "deactivated"
+
     def revoke_tokens(self) -> None:
         self.tokens.clear()
 
@@ -91,6 +97,8 @@ class GlanceServer:
         images = sorted(self.images.values(), key=lambda i: i["id"])
         if "name" in request.query:
             images = [i for i in images if i["name"] == request.query["name"]]
+        if "status" in request.query:
+            images = [i for i in images if i["status"] == request.query["status"]]
         if "marker" in request.query:
             images = [i for i in images if i["id"] > request.query["marker"]]
         limit = int(request.query.get("limit", "25"))
@@ -114,6 +122,8 @@ class GlanceServer:
         image = self.images.get(request.match_info["id"])
         if image is None:
             return web.Response(status=404)
+        if image["status"] != "active":
+            return web.Response(status=403)  # Glance: no data of a deactivated image
         data: bytes = image["data"]
         header = request.headers.get("Range")
         if header:

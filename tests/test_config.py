@@ -158,7 +158,7 @@ def test_password_never_in_errors() -> None:
     [
         ("http://h/x", "http://h/x"),
         ("http://user@h/x", "http://user@h/x"),
-        ("http://user:pw@h:8080/x?y", "http://user:***@h:8080/x?y"),
+        ("http://user:pw@h:8080/x?y", "http://user:***@h:8080/x?<redacted>"),
         ("ftp://u:p%40ss@h/", "ftp://u:***@h/"),
     ],
 )

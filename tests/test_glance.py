@@ -7,8 +7,10 @@ import hashlib
 import json
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,14 +32,14 @@ async def glance() -> AsyncIterator[GlanceServer]:
 
 
 async def glance_service(
-    make_service: MakeService, glance: GlanceServer, password: str = PASSWORD
+    make_service: MakeService, glance: GlanceServer, password: str = PASSWORD, **kwargs: Any
 ) -> Service:
     extra = (
         f'[origins.glance]\nkind = "glance"\nurl = "{glance.url}"\n'
         f'auth_url = "{glance.url}v3"\nusername = "{USER}"\npassword = "{password}"\n'
         f'project_name = "{PROJECT}"\n'
     )
-    return await make_service("http://127.0.0.1:9/", extra=extra)
+    return await make_service("http://127.0.0.1:9/", extra=extra, **kwargs)
 
 
 @pytest.mark.parametrize("address", ["id", "name"])
@@ -162,3 +164,60 @@ async def test_credentials_from_clouds_yaml(
     service = await make_service("http://127.0.0.1:9/", extra=extra)
     status, _, body = await fetch(client, service.url + "origins/glance/" + image_id)
     assert (status, body) == (200, data)
+
+
+async def wait_stored(service: Service, identity: str, chunks: int) -> None:
+    deadline = time.monotonic() + 10
+    while service.store.chunk_count(identity) < chunks:
+        assert time.monotonic() < deadline, "chunks not stored in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("retire", ["delete", "deactivate"])
+async def test_a_name_follows_the_image_published_under_it(
+    glance: GlanceServer, make_service: MakeService, client: aiohttp.ClientSession, retire: str
+) -> None:
+    old_data, new_data = generate_image(SIZE, seed=105), generate_image(SIZE, seed=106)
+    old_id = glance.add_image("nightly", old_data)
+    service = await glance_service(make_service, glance, revalidate="200ms")
+    url = service.url + "origins/glance/nightly"
+    status, headers, body = await fetch(client, url)
+    assert (status, body) == (200, old_data)
+    await wait_stored(service, headers["ETag"].strip('"'), 10)
+    # A new build under the same name; the old one goes away.
+    reads_before = len(glance.log)
+    new_id = glance.add_image("nightly", new_data)
+    if retire == "delete":
+        glance.delete_image(old_id)
+    else:
+        glance.deactivate_image(old_id)
+    deadline = time.monotonic() + 10
+    seen = []
+    while True:
+        status, headers, body = await fetch(client, url)
+        seen.append(status)
+        assert status == 200, seen  # never a 404 for a name that has an active image
+        assert body in (old_data, new_data)  # one version or the other, never a mix
+        if body == new_data:
+            break
+        assert time.monotonic() < deadline, "the name still serves the old image"
+        await asyncio.sleep(0.05)
+    for first, last in ((0, 99), (SIZE - 1000, SIZE - 1), (3 * CHUNK - 7, 5 * CHUNK)):
+        status, _, body = await fetch(client, url, {"Range": f"bytes={first}-{last}"})
+        assert (status, body) == (206, new_data[first : last + 1])
+    later = glance.log[reads_before:]
+    assert [e for e in later if old_id in e[1]] == []  # the old image's data never read again
+    assert sum(e[4] for e in later if new_id in e[1]) == SIZE  # the new one's, each byte once
+    # The only image under the name is deleted: 404 once the name is looked up again.
+    glance.delete_image(new_id)
+    deadline = time.monotonic() + 10
+    while True:
+        async with client.get(url) as resp:
+            status, answer = resp.status, await resp.read()
+        if status == 404:
+            break
+        assert (status, answer) == (200, new_data)
+        assert time.monotonic() < deadline, "a deleted image is still served"
+        await asyncio.sleep(0.05)
+    error = json.loads(answer)
+    assert set(error) == {"error", "detail"} and error["error"] == "image_not_found"

@@ -16,11 +16,11 @@ from aiohttp import web
 from isocache.admin.openapi import OPENAPI
 from isocache.admin.prewarm import PrewarmManager
 from isocache.catalog import Catalog
-from isocache.config import redact_url
 from isocache.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from isocache.image import ImageRef, ImageVersion
 from isocache.resolver import Resolver
 from isocache.store import ChunkStore
+from isocache.urls import redact_url
 from isocache.verify import Verifier
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
 """Error middleware: every failure before a response starts becomes a JSON error body.
 
 After a response has started, the serving code aborts the connection instead (the client
-sees a truncated body), so nothing here runs for those.
+sees a truncated body), so nothing here runs for those. Every URL in a detail is redacted
+here once more: details are built all over the code base, and a signed URL's query or a
+password must never reach a client, who may not even be authenticated.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from isocache.errors import IsocacheError, RangeNotSatisfiable
 from isocache.ranges import unsatisfied_content_range
+from isocache.urls import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +23,8 @@ log = logging.getLogger(__name__)
 def json_error(
     status: int, error: str, detail: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    response = web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
-    return response
+    body = {"error": error, "detail": redact_text(detail)}
+    return web.json_response(body, status=status, headers=headers)
 
 
 @web.middleware

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import quote, unquote, urlencode
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import aiohttp
 
@@ -28,6 +28,7 @@ from isocache.config import OriginConfig
 from isocache.errors import ImageNotFound, OriginError, OriginProtocolError
 from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, OriginMeta, plain_name
 from isocache.origins.http import HttpOrigin
+from isocache.urls import is_under, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ _TOKEN_MARGIN = 60.0
 _PAGE = 200
 
 
+def _id_of(meta: OriginMeta) -> str | None:
+    """The image id in an ETag made by GlanceOrigin.stat ('"ID:DIGEST"'), else None."""
+    image_id = (meta.etag or "").strip('"').split(":", 1)[0]
+    return image_id if _UUID.fullmatch(image_id) else None
+
+
 class GlanceOrigin(HttpOrigin):
     """One configured Glance endpoint. Use on the event loop."""
 
@@ -47,7 +54,7 @@ class GlanceOrigin(HttpOrigin):
         auth_url = config.auth_url or ""
         super().__init__(
             # Glance may redirect image data to its own store only within the endpoint.
-            is_allowed=lambda url: url.startswith(base),
+            is_allowed=lambda url: is_under(url, base),
             limits=limits,
             ca_file=config.ca_file,
         )
@@ -58,7 +65,9 @@ class GlanceOrigin(HttpOrigin):
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = asyncio.Lock()
-        self._ids: dict[str, str] = {}  # image name -> id, learned by lookups
+        # No name -> id cache: a name is looked up at every stat (every revalidation), so a
+        # new build published under it is found and a deleted one is a 404; reads take the
+        # id from the version's metadata, so they never read another image than stat saw.
 
     # -- authentication -------------------------------------------------------------------
 
@@ -151,22 +160,20 @@ class GlanceOrigin(HttpOrigin):
     # -- images ---------------------------------------------------------------------------
 
     async def _image_id(self, url: str) -> str:
-        if not url.startswith(self._base):
-            raise OriginProtocolError(f"{url} is not on Glance origin {self._name}")
-        ref = unquote(url[len(self._base) :])
+        """The id `url` names now: an id as it is, a name looked up among active images."""
+        path, base_path = urlsplit(url).path, urlsplit(self._base).path
+        if not is_under(url, self._base) or not path.startswith(base_path):
+            raise OriginProtocolError(f"{redact_url(url)} is not on Glance origin {self._name}")
+        ref = unquote(path[len(base_path) :])
         if _UUID.fullmatch(ref):
             return ref
-        if ref in self._ids:
-            return self._ids[ref]
-        query = urlencode({"name": ref, "limit": "2"})
+        query = urlencode({"name": ref, "status": "active", "limit": "2"})
         images = (await self._json(f"{self._base}v2/images?{query}", url)).get("images") or []
-        if len(images) != 1:
+        if len(images) != 1 or not isinstance(images[0], dict) or "id" not in images[0]:
             raise ImageNotFound(
-                f"Glance origin {self._name} has {len(images) or 'no'} images named {ref!r}"
+                f"Glance origin {self._name} has {len(images) or 'no'} active images named {ref!r}"
             )
-        image_id = str(images[0]["id"])
-        self._ids[ref] = image_id
-        return image_id
+        return str(images[0]["id"])
 
     async def _json(self, api_url: str, shown: str) -> dict[str, Any]:
         async with self._request("GET", api_url, {"Accept": "application/json"}) as resp:
@@ -216,7 +223,7 @@ class GlanceOrigin(HttpOrigin):
     async def read(
         self, url: str, meta: OriginMeta, offset: int, length: int
     ) -> AsyncIterator[bytes]:
-        image_id = await self._image_id(url)
+        image_id = _id_of(meta) or await self._image_id(url)
         data_url = f"{self._base}v2/images/{quote(image_id)}/file"
         # Glance's /file answers carry no validator of ours: read by size alone.
         async for piece in super().read(data_url, OriginMeta(meta.size), offset, length):

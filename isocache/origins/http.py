@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 import aiohttp
 from yarl import URL
 
-from isocache.config import redact_url
 from isocache.errors import (
     ImageNotFound,
     OriginChanged,
@@ -35,6 +34,7 @@ from isocache.origins.base import (
     back_off,
     tls_context,
 )
+from isocache.urls import redact_url
 
 log = logging.getLogger(__name__)
 
