@@ -94,7 +94,7 @@ class Reader:
         try:
             missing = self._missing(version, indexes)
             started = self._filler.request(version, missing) if missing else set()
-            held = self._hold(version, missing)
+            held = self._hold(version, missing, client_waits=True)
             for index in indexes:
                 chunks.add(index, await self._chunk(version, index, started, held.pop(index, None)))
         except BaseException:
@@ -133,7 +133,7 @@ class Reader:
         return [i for i in indexes if not self._store.contains(version.identity, i)]
 
     def _hold(
-        self, version: ImageVersion, indexes: Iterable[int]
+        self, version: ImageVersion, indexes: Iterable[int], *, client_waits: bool = False
     ) -> dict[int, asyncio.Future[bytes]]:
         """The fill futures of those chunks in flight, for the response that reads them.
 
@@ -141,10 +141,12 @@ class Reader:
         refuses it (size_limit full of pinned bytes, low free disk), only the future still
         has its bytes. Without holding it, the response fetched the chunk again (a whole
         24 MiB read cost 3-58x its size from the origin). Holds at most one response or
-        stream window of chunks."""
+        stream window of chunks. `client_waits`: the response waits on all of them now
+        (promoting background fills, which a cancelled prewarm then leaves running)."""
         held = {}
         for index in indexes:
-            if (future := self._filler.pending(version, index)) is not None:
+            future = self._filler.pending(version, index, client_waits=client_waits)
+            if future is not None:
                 held[index] = future
         return held
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from isocache.errors import IsocacheError, OriginError
 from isocache.fill import Filler
-from isocache.image import ImageRef
+from isocache.image import ImageRef, ImageVersion
 from isocache.ranges import ByteRange, parse_range
 from isocache.resolver import Resolver
 from isocache.store import ChunkStore
@@ -25,7 +25,7 @@ from isocache.verify import Verifier, expected_digest
 
 log = logging.getLogger(__name__)
 
-_RUN_CHUNKS = 4  # chunks per origin read; a cancelled job still finishes the reads under way
+_RUN_CHUNKS = 4  # chunks per origin read; a cancelled job aborts the reads no client waits on
 
 _STATE_PREFIX = "prewarm/"
 ACTIVE = ("queued", "running")
@@ -208,6 +208,34 @@ class PrewarmManager:
         job.bytes_done = max(job.bytes_done, done)
         missing = [i for i in indexes if not self._store.contains(version.identity, i)]
         pending: dict[asyncio.Future[bytes], int] = {}
+        mine: set[int] = set()  # chunks whose fill this job started
+        try:
+            await self._fetch(job, version, missing, pending, mine, total)
+        except asyncio.CancelledError:
+            # The fills this job started belong to the Filler and would run to their end.
+            aborted = self._filler.cancel_unwaited(
+                version, [i for i in pending.values() if i in mine]
+            )
+            for future in pending:  # their errors are nobody's to see now
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            log.info("prewarm-cancel-fills id=%s fills=%d", job.id, aborted)
+            raise
+        whole = span.length == version.size
+        if whole and expected_digest(version) and await self._verifier.verify(version) is False:
+            self._verifier.check(version)  # raises with both digests
+            raise OriginError("image failed verification")
+
+    async def _fetch(
+        self,
+        job: PrewarmJob,
+        version: ImageVersion,
+        missing: list[int],
+        pending: dict[asyncio.Future[bytes], int],
+        mine: set[int],
+        total: int,
+    ) -> None:
+        """Fill the `missing` chunks, `pending` holding the fills waited on."""
+        chunk_size = self._store.chunk_size
         position = 0
         while position < len(missing) or pending:
             while position < len(missing) and len(pending) < self._parallel * _RUN_CHUNKS:
@@ -217,7 +245,7 @@ class PrewarmManager:
                 batch = [i for n, i in enumerate(batch) if i == batch[0] + n]
                 position += len(batch)
                 # request() skips chunks already stored or in flight.
-                self._filler.request(version, batch, background=True, max_run=_RUN_CHUNKS)
+                mine |= self._filler.request(version, batch, background=True, max_run=_RUN_CHUNKS)
                 for index in batch:
                     future = self._filler.pending(version, index)
                     if future is not None:
@@ -236,7 +264,3 @@ class PrewarmManager:
                 length = version.chunk_length(index, chunk_size)
                 job.fetched += length
                 job.bytes_done = min(total, job.bytes_done + length)
-        whole = span.length == version.size
-        if whole and expected_digest(version) and await self._verifier.verify(version) is False:
-            self._verifier.check(version)  # raises with both digests
-            raise OriginError("image failed verification")
