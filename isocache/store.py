@@ -408,6 +408,13 @@ class ChunkStore:
     def unpin(self, identity: str) -> None:
         self._pinned.discard(identity)
 
+    def pinned_bytes(self) -> int:
+        """Bytes of stored chunks of pinned image versions: room eviction cannot make.
+
+        Scans the index: for reports (why a prewarm could not keep an image), not for the
+        data path."""
+        return sum(r.length for k, r in self._index.items() if k.split(":", 1)[0] in self._pinned)
+
     # -- origin metadata ------------------------------------------------------------------
 
     async def save_meta(self, url: str, meta: dict[str, Any]) -> None:

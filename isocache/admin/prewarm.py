@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from isocache.errors import IsocacheError, OriginError
+from isocache.errors import IsocacheError, OriginError, StoreError
 from isocache.fill import Filler
 from isocache.image import ImageRef, ImageVersion
 from isocache.ranges import ByteRange, parse_range
@@ -200,6 +201,13 @@ class PrewarmManager:
         indexes = list(span.chunk_indexes(chunk_size))
         total = sum(version.chunk_length(i, chunk_size) for i in indexes)
         job.bytes_total = total
+        what = "the image" if span.length == version.size else "the range"
+        if total > self._store.size_limit:
+            # Fetching it would only evict the rest of the cache, then its own first chunks.
+            raise StoreError(
+                f"{what} ({total} bytes) is larger than cache.size_limit "
+                f"({self._store.size_limit} bytes)"
+            )
         done = sum(
             version.chunk_length(i, chunk_size)
             for i in indexes
@@ -220,10 +228,49 @@ class PrewarmManager:
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())
             log.info("prewarm-cancel-fills id=%s fills=%d", job.id, aborted)
             raise
+        await self._check_stored(version, indexes, what, total)
         whole = span.length == version.size
         if whole and expected_digest(version) and await self._verifier.verify(version) is False:
             self._verifier.check(version)  # raises with both digests
             raise OriginError("image failed verification")
+
+    async def _check_stored(
+        self, version: ImageVersion, indexes: list[int], what: str, total: int
+    ) -> None:
+        """Raise, naming the reason, unless the store holds every chunk of `indexes`.
+
+        Fetched is not cached: the store skips a write when pinned bytes fill size_limit or
+        free disk is low, and other reads may evict chunks before the job ends."""
+        chunk_size = self._store.chunk_size
+        lost = [i for i in indexes if not self._store.contains(version.identity, i)]
+        if not lost:
+            return
+        kept = total - sum(version.chunk_length(i, chunk_size) for i in lost)
+        limit = self._store.size_limit
+        # Pinned bytes of other images: room that eviction cannot make.
+        pinned = self._store.pinned_bytes() - (kept if version.ref.pinned else 0)
+        stats = await asyncio.to_thread(os.statvfs, self._store.directory)
+        free = stats.f_bavail * stats.f_frsize
+        if pinned + total > limit:
+            reason = (
+                f"pinned images hold {pinned} of cache.size_limit ({limit} bytes), "
+                f"leaving too little room for {total} bytes"
+            )
+        elif free < chunk_size + self._store.headroom:
+            reason = (
+                f"low free disk space in cache.dir: {free} bytes free, "
+                f"{self._store.headroom} kept free"
+            )
+        else:
+            reason = "the store refused writes or other reads evicted them before the job ended"
+        log.warning(
+            "prewarm-incomplete image=%s cached=%d total=%d reason=%s",
+            version.identity,
+            kept,
+            total,
+            reason,
+        )
+        raise StoreError(f"only {kept} of {total} bytes of {what} are cached: {reason}")
 
     async def _fetch(
         self,
