@@ -22,6 +22,11 @@ from isocache.store import ChunkStore
 
 log = logging.getLogger(__name__)
 
+# Fetched chunks the store refused to keep (size_limit full of pinned bytes, low free disk)
+# stay in memory up to this many bytes, newest kept: consecutive reads overlap (qemu asks
+# 256 KiB past its read), and without them each overlap is fetched again.
+UNSTORED_KEEP = 16 * 1024 * 1024
+
 
 def _runs(indexes: Iterable[int], max_run: int) -> list[tuple[int, int]]:
     """Group chunk indexes into (first, count) runs of adjacent chunks, at most max_run long."""
@@ -102,9 +107,16 @@ class Filler:
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         # Set when a client waits on a chunk of a background fill: one event per fill.
         self._promotions: dict[str, asyncio.Event] = {}
+        self._fill_tasks: dict[str, asyncio.Task[None]] = {}  # chunk in flight -> its fill
         self._tasks: set[asyncio.Task[None]] = set()  # fills: cancelled on close
         self._stores: set[asyncio.Task[None]] = set()  # puts of fetched chunks: awaited on close
         self._store_tasks: dict[str, asyncio.Task[None]] = {}
+        # Done futures of chunks the store refused, oldest first, at most UNSTORED_KEEP bytes.
+        self._unstored: collections.OrderedDict[str, asyncio.Future[bytes]] = (
+            collections.OrderedDict()
+        )
+        self._unstored_bytes = 0
+        self._writes_refused = False
         self._closed = False
 
     def __repr__(self) -> str:
@@ -113,17 +125,27 @@ class Filler:
             f"stores={len(self._stores)}>"
         )
 
+    @property
+    def writes_refused(self) -> bool:
+        """True when the store refused the latest fetched chunk: fetching ahead of demand
+        (readahead) would then only fetch chunks that cannot be kept."""
+        return self._writes_refused
+
     def pending(
         self, version: ImageVersion, index: int, *, client_waits: bool = False
     ) -> asyncio.Future[bytes] | None:
-        """The fill future of a chunk in flight (done but not yet stored counts), or None.
+        """The fill future of a chunk in flight (done but not yet stored counts), or the done
+        future of a recently fetched chunk the store refused; else None.
 
         `client_waits`: a client is about to wait on it, so a background fill still queued
         for its slot is promoted to foreground."""
         key = self._store.key(version.identity, index)
         if client_waits and (promotion := self._promotions.get(key)) is not None:
             promotion.set()
-        return self._inflight.get(key)
+        future = self._inflight.get(key)
+        if future is None and (future := self._unstored.get(key)) is not None:
+            self._unstored.move_to_end(key)
+        return future
 
     def request(
         self,
@@ -147,6 +169,7 @@ class Filler:
             if 0 <= i < count
             and not self._store.contains(version.identity, i)
             and self._store.key(version.identity, i) not in self._inflight
+            and self._store.key(version.identity, i) not in self._unstored
         }
         loop = asyncio.get_running_loop()
         for first, length in _runs(wanted, max_run):
@@ -164,9 +187,29 @@ class Filler:
             task = asyncio.create_task(
                 self._fill(version, first, futures, promotion), name=f"fill-{first}+{length}"
             )
+            for index in range(first, first + length):
+                self._fill_tasks[self._store.key(version.identity, index)] = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return wanted
+
+    def cancel_unwaited(self, version: ImageVersion, indexes: Iterable[int]) -> int:
+        """Abort the background fills of these chunks that no client has waited on.
+
+        For a cancelled prewarm job: its origin transfers stop now instead of when their
+        runs end (4 chunks at 1 MiB/s per connection took seconds). A fill some client
+        waits on has its promotion set and goes on. Chunks already fetched are still
+        stored. Returns the number of fills aborted."""
+        tasks = set()
+        for index in indexes:
+            key = self._store.key(version.identity, index)
+            promotion = self._promotions.get(key)
+            task = self._fill_tasks.get(key)
+            if promotion is not None and not promotion.is_set() and task is not None:
+                tasks.add(task)
+        for task in tasks:
+            task.cancel()
+        return len(tasks)
 
     async def close(self) -> None:
         """Cancel every fill (their waiters get a StoreError); finish storing fetched chunks."""
@@ -176,6 +219,8 @@ class Filler:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         # Chunks already fetched are worth keeping: a put takes milliseconds.
         await asyncio.gather(*self._stores, return_exceptions=True)
+        self._unstored.clear()
+        self._unstored_bytes = 0
 
     @contextlib.asynccontextmanager
     async def _slot(self, version: ImageVersion, promotion: asyncio.Event | None):  # type: ignore[no-untyped-def]
@@ -302,6 +347,7 @@ class Filler:
         if self._inflight.get(key) is future:
             del self._inflight[key]
             self._promotions.pop(key, None)
+            self._fill_tasks.pop(key, None)
 
     def _spawn_store(
         self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes
@@ -323,16 +369,31 @@ class Filler:
         self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes
     ) -> None:
         key = self._store.key(version.identity, index)
+        stored = False
         try:
-            if await self._store.put(version.identity, index, chunk) and self._on_stored:
+            stored = await self._store.put(version.identity, index, chunk)
+            if stored and self._on_stored:
                 self._on_stored(version)
         except Exception:
             log.exception("store-put-failed key=%s", key)
         finally:
+            if not self._closed:
+                self._writes_refused = not stored
+                if not stored:
+                    self._keep_unstored(key, future, len(chunk))
             # Until here the done future stays in flight, so a new reader takes the bytes
-            # from it instead of fetching the chunk again.
+            # from it instead of fetching the chunk again (and a refused chunk, a while longer).
             self._forget(key, future)
             self._metrics.cache_bytes.set(self._store.bytes_used)
+
+    def _keep_unstored(self, key: str, future: asyncio.Future[bytes], length: int) -> None:
+        if self._inflight.get(key) is not future or key in self._unstored:
+            return
+        self._unstored[key] = future
+        self._unstored_bytes += length
+        while self._unstored_bytes > UNSTORED_KEEP:
+            _, oldest = self._unstored.popitem(last=False)
+            self._unstored_bytes -= len(oldest.result())
 
 
 def _release_if_taken(take: asyncio.Future[Callable[[], None]]) -> None:

@@ -94,8 +94,9 @@ class Reader:
         try:
             missing = self._missing(version, indexes)
             started = self._filler.request(version, missing) if missing else set()
+            held = self._hold(version, missing, client_waits=True)
             for index in indexes:
-                chunks.add(index, await self._chunk(version, index, started))
+                chunks.add(index, await self._chunk(version, index, started, held.pop(index, None)))
         except BaseException:
             chunks.close()
             raise
@@ -112,10 +113,16 @@ class Reader:
         max_run = max(1, window // self._parallel)
         self._note_read(version, [rng])
         started: set[int] = set()
+        held: dict[int, asyncio.Future[bytes]] = {}
+        horizon = 0  # the window's chunks before this one are in `held` if they were in flight
         for position, index in enumerate(indexes):
             ahead = indexes[position : position + window]
-            started |= self._filler.request(version, self._missing(version, ahead), max_run=max_run)
-            source = await self._chunk(version, index, started)
+            # A held chunk is not missing: refused by the store, it has left the filler.
+            wanted = [i for i in self._missing(version, ahead) if _failed(held.get(i))]
+            started |= self._filler.request(version, wanted, max_run=max_run)
+            held.update(self._hold(version, indexes[max(horizon, position) : position + window]))
+            horizon = position + window
+            source = await self._chunk(version, index, started, held.pop(index, None))
             try:
                 yield self._piece(source, index, rng)
             finally:
@@ -125,9 +132,35 @@ class Reader:
     def _missing(self, version: ImageVersion, indexes: Iterable[int]) -> list[int]:
         return [i for i in indexes if not self._store.contains(version.identity, i)]
 
+    def _hold(
+        self, version: ImageVersion, indexes: Iterable[int], *, client_waits: bool = False
+    ) -> dict[int, asyncio.Future[bytes]]:
+        """The fill futures of those chunks in flight, for the response that reads them.
+
+        A chunk leaves the filler's in-flight map once its put returns; when the store
+        refuses it (size_limit full of pinned bytes, low free disk), only the future still
+        has its bytes. Without holding it, the response fetched the chunk again (a whole
+        24 MiB read cost 3-58x its size from the origin). Holds at most one response or
+        stream window of chunks. `client_waits`: the response waits on all of them now
+        (promoting background fills, which a cancelled prewarm then leaves running)."""
+        held = {}
+        for index in indexes:
+            future = self._filler.pending(version, index, client_waits=client_waits)
+            if future is not None:
+                held[index] = future
+        return held
+
     async def _chunk(
-        self, version: ImageVersion, index: int, started: set[int]
+        self,
+        version: ImageVersion,
+        index: int,
+        started: set[int],
+        held: asyncio.Future[bytes] | None = None,
     ) -> BinaryIO | bytes:
+        """A chunk from the store, else from its fill: the one in flight, the one this
+        response `held` (unless it failed: then a new fill), or a new one."""
+        if _failed(held):
+            held = None
         length = version.chunk_length(index, self.chunk_size)
         missed = False
         while True:
@@ -138,7 +171,7 @@ class Reader:
                     if (stats := current_stats.get()) is not None:
                         stats.hits += 1
                 return source
-            future = self._filler.pending(version, index, client_waits=True)
+            future = self._filler.pending(version, index, client_waits=True) or held
             if future is None:
                 started |= self._filler.request(version, [index])
                 future = self._filler.pending(version, index)
@@ -174,7 +207,8 @@ class Reader:
             for earlier_start, earlier_stop in recent
         )
         recent.append((start, stop))
-        if not sequential:
+        if not sequential or self._filler.writes_refused:
+            # While the store refuses writes, chunks fetched ahead could not be kept.
             return
         first = -(-stop // self.chunk_size)
         ahead = range(first, first + self._readahead_chunks)
@@ -184,3 +218,8 @@ class Reader:
             background=True,
             max_run=max(1, self._readahead_chunks // self._parallel),
         )
+
+
+def _failed(future: asyncio.Future[bytes] | None) -> bool:
+    """True for no future, or one that ended without bytes (its fill failed)."""
+    return future is None or (future.done() and (future.cancelled() or bool(future.exception())))

@@ -541,6 +541,13 @@ class ChunkStore:
     def pinned_identities(self) -> set[str]:
         return {identity for identity in self._pins.values() if identity is not None}
 
+    def pinned_bytes(self) -> int:
+        """Bytes of stored chunks of pinned image versions: room eviction cannot make.
+
+        Scans the index: for reports (why a prewarm could not keep an image), not for the
+        data path."""
+        return sum(r.length for k, r in self._index.items() if k.split(":", 1)[0] in self._pinned)
+
     # -- origin metadata ------------------------------------------------------------------
 
     async def save_meta(self, url: str, meta: dict[str, Any]) -> None:

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from isocache.errors import IsocacheError, OriginError
+from isocache.errors import IsocacheError, OriginError, StoreError
 from isocache.fill import Filler
-from isocache.image import ImageRef
+from isocache.image import ImageRef, ImageVersion
 from isocache.ranges import ByteRange, parse_range
 from isocache.resolver import Resolver
 from isocache.store import ChunkStore
@@ -25,7 +26,7 @@ from isocache.verify import Verifier, expected_digest
 
 log = logging.getLogger(__name__)
 
-_RUN_CHUNKS = 4  # chunks per origin read; a cancelled job still finishes the reads under way
+_RUN_CHUNKS = 4  # chunks per origin read; a cancelled job aborts the reads no client waits on
 
 _STATE_PREFIX = "prewarm/"
 ACTIVE = ("queued", "running")
@@ -200,6 +201,13 @@ class PrewarmManager:
         indexes = list(span.chunk_indexes(chunk_size))
         total = sum(version.chunk_length(i, chunk_size) for i in indexes)
         job.bytes_total = total
+        what = "the image" if span.length == version.size else "the range"
+        if total > self._store.size_limit:
+            # Fetching it would only evict the rest of the cache, then its own first chunks.
+            raise StoreError(
+                f"{what} ({total} bytes) is larger than cache.size_limit "
+                f"({self._store.size_limit} bytes)"
+            )
         done = sum(
             version.chunk_length(i, chunk_size)
             for i in indexes
@@ -208,6 +216,73 @@ class PrewarmManager:
         job.bytes_done = max(job.bytes_done, done)
         missing = [i for i in indexes if not self._store.contains(version.identity, i)]
         pending: dict[asyncio.Future[bytes], int] = {}
+        mine: set[int] = set()  # chunks whose fill this job started
+        try:
+            await self._fetch(job, version, missing, pending, mine, total)
+        except asyncio.CancelledError:
+            # The fills this job started belong to the Filler and would run to their end.
+            aborted = self._filler.cancel_unwaited(
+                version, [i for i in pending.values() if i in mine]
+            )
+            for future in pending:  # their errors are nobody's to see now
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            log.info("prewarm-cancel-fills id=%s fills=%d", job.id, aborted)
+            raise
+        await self._check_stored(version, indexes, what, total)
+        whole = span.length == version.size
+        if whole and expected_digest(version) and await self._verifier.verify(version) is False:
+            self._verifier.check(version)  # raises with both digests
+            raise OriginError("image failed verification")
+
+    async def _check_stored(
+        self, version: ImageVersion, indexes: list[int], what: str, total: int
+    ) -> None:
+        """Raise, naming the reason, unless the store holds every chunk of `indexes`.
+
+        Fetched is not cached: the store skips a write when pinned bytes fill size_limit or
+        free disk is low, and other reads may evict chunks before the job ends."""
+        chunk_size = self._store.chunk_size
+        lost = [i for i in indexes if not self._store.contains(version.identity, i)]
+        if not lost:
+            return
+        kept = total - sum(version.chunk_length(i, chunk_size) for i in lost)
+        limit = self._store.size_limit
+        # Pinned bytes of other images: room that eviction cannot make.
+        pinned = self._store.pinned_bytes() - (kept if version.ref.pinned else 0)
+        stats = await asyncio.to_thread(os.statvfs, self._store.directory)
+        free = stats.f_bavail * stats.f_frsize
+        if pinned + total > limit:
+            reason = (
+                f"pinned images hold {pinned} of cache.size_limit ({limit} bytes), "
+                f"leaving too little room for {total} bytes"
+            )
+        elif free < chunk_size + self._store.headroom:
+            reason = (
+                f"low free disk space in cache.dir: {free} bytes free, "
+                f"{self._store.headroom} kept free"
+            )
+        else:
+            reason = "the store refused writes or other reads evicted them before the job ended"
+        log.warning(
+            "prewarm-incomplete image=%s cached=%d total=%d reason=%s",
+            version.identity,
+            kept,
+            total,
+            reason,
+        )
+        raise StoreError(f"only {kept} of {total} bytes of {what} are cached: {reason}")
+
+    async def _fetch(
+        self,
+        job: PrewarmJob,
+        version: ImageVersion,
+        missing: list[int],
+        pending: dict[asyncio.Future[bytes], int],
+        mine: set[int],
+        total: int,
+    ) -> None:
+        """Fill the `missing` chunks, `pending` holding the fills waited on."""
+        chunk_size = self._store.chunk_size
         position = 0
         while position < len(missing) or pending:
             while position < len(missing) and len(pending) < self._parallel * _RUN_CHUNKS:
@@ -217,7 +292,7 @@ class PrewarmManager:
                 batch = [i for n, i in enumerate(batch) if i == batch[0] + n]
                 position += len(batch)
                 # request() skips chunks already stored or in flight.
-                self._filler.request(version, batch, background=True, max_run=_RUN_CHUNKS)
+                mine |= self._filler.request(version, batch, background=True, max_run=_RUN_CHUNKS)
                 for index in batch:
                     future = self._filler.pending(version, index)
                     if future is not None:
@@ -236,7 +311,3 @@ class PrewarmManager:
                 length = version.chunk_length(index, chunk_size)
                 job.fetched += length
                 job.bytes_done = min(total, job.bytes_done + length)
-        whole = span.length == version.size
-        if whole and expected_digest(version) and await self._verifier.verify(version) is False:
-            self._verifier.check(version)  # raises with both digests
-            raise OriginError("image failed verification")
