@@ -88,6 +88,10 @@ class OriginConfig:
     addressing: str = "path"
     # Most FTP servers limit sessions per user; S3 and HTTP use fetch.max_connections.
     max_sessions: int = 4
+    # FTP: a pooled session idle this long is closed instead of reused. Servers end idle
+    # sessions (vsftpd and pyftpdlib after 300 s, IIS after 120 s), and middleboxes may
+    # forget them without a word.
+    idle_timeout: float = 60.0
     # "http" for plain trees (http, https, ftp, ftps, s3 by scheme), "glance" for OpenStack
     # Glance v2 at `url`, with Keystone v3 auth.
     kind: str = "http"
@@ -380,6 +384,7 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
             username=table.get("username", str, "a string"),
             password=password,
             max_sessions=table.integer("max_sessions", 4, 1, 64),
+            idle_timeout=table.duration("idle_timeout", 60.0),
         )
     elif scheme == "s3":
         endpoint = table.get("endpoint_url", str, "a URL string")
