@@ -25,6 +25,7 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
 _KEEPALIVE = ("auto", "always", "never")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_VALIDATE = ("auto", "content")
 
 
 class ConfigError(Exception):
@@ -104,6 +105,9 @@ class OriginConfig:
     # TLS (https, ftps, an https S3 endpoint, Glance and Keystone): a PEM bundle of the CAs
     # to trust instead of the system's; None: the system's.
     ca_file: str | None = None
+    # What tells versions apart besides the size: "auto", the origin's ETag or Last-Modified
+    # (nothing when it sends neither); "content", also a digest of the file's first 64 KiB.
+    validate: str = "auto"
 
     @property
     def scheme(self) -> str:
@@ -367,6 +371,7 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     url = _url(table, origin=True)
     scheme = urlsplit(url).scheme.lower()
     ca_file = _ca_file(table, base_dir)
+    validate = table.choice("validate", "auto", _VALIDATE)
     config = OriginConfig(name, url)
     kind = table.choice("kind", "http", ("http", "glance"))
     if kind == "glance":
@@ -405,7 +410,7 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
             addressing=table.choice("addressing", "path", _ADDRESSING),
         )
     table.finish()
-    return dataclasses.replace(config, ca_file=ca_file)
+    return dataclasses.replace(config, ca_file=ca_file, validate=validate)
 
 
 def _ca_file(table: _Table, base_dir: Path | None) -> str | None:
