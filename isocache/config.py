@@ -27,6 +27,7 @@ _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
 _KEEPALIVE = ("auto", "always", "never")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_VALIDATE = ("auto", "content")
 
 
 class ConfigError(Exception):
@@ -90,6 +91,10 @@ class OriginConfig:
     addressing: str = "path"
     # Most FTP servers limit sessions per user; S3 and HTTP use fetch.max_connections.
     max_sessions: int = 4
+    # FTP: a pooled session idle this long is closed instead of reused. Servers end idle
+    # sessions (vsftpd and pyftpdlib after 300 s, IIS after 120 s), and middleboxes may
+    # forget them without a word.
+    idle_timeout: float = 60.0
     # "http" for plain trees (http, https, ftp, ftps, s3 by scheme), "glance" for OpenStack
     # Glance v2 at `url`, with Keystone v3 auth.
     kind: str = "http"
@@ -102,6 +107,9 @@ class OriginConfig:
     # TLS (https, ftps, an https S3 endpoint, Glance and Keystone): a PEM bundle of the CAs
     # to trust instead of the system's; None: the system's.
     ca_file: str | None = None
+    # What tells versions apart besides the size: "auto", the origin's ETag or Last-Modified
+    # (nothing when it sends neither); "content", also a digest of the file's first 64 KiB.
+    validate: str = "auto"
 
     @property
     def scheme(self) -> str:
@@ -361,6 +369,7 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     url = _url(table, origin=True)
     scheme = urlsplit(url).scheme.lower()
     ca_file = _ca_file(table, base_dir)
+    validate = table.choice("validate", "auto", _VALIDATE)
     config = OriginConfig(name, url)
     kind = table.choice("kind", "http", ("http", "glance"))
     if kind == "glance":
@@ -378,6 +387,7 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
             username=table.get("username", str, "a string"),
             password=password,
             max_sessions=table.integer("max_sessions", 4, 1, 64),
+            idle_timeout=table.duration("idle_timeout", 60.0),
         )
     elif scheme == "s3":
         endpoint = table.get("endpoint_url", str, "a URL string")
@@ -398,7 +408,7 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
             addressing=table.choice("addressing", "path", _ADDRESSING),
         )
     table.finish()
-    return dataclasses.replace(config, ca_file=ca_file)
+    return dataclasses.replace(config, ca_file=ca_file, validate=validate)
 
 
 def _ca_file(table: _Table, base_dir: Path | None) -> str | None:

@@ -149,7 +149,12 @@ class Resolver:
         if record is None:
             return None
         try:
-            meta = OriginMeta(record["size"], record["etag"], record["last_modified"])
+            meta = OriginMeta(
+                record["size"],
+                record["etag"],
+                record["last_modified"],
+                content=record.get("content"),  # validate = "content"; absent in older records
+            )
             return ImageVersion.of(ref, meta, record["first_seen"])
         except (KeyError, TypeError):
             return None
@@ -160,5 +165,6 @@ def _meta_record(version: ImageVersion) -> dict[str, object]:
         "size": version.meta.size,
         "etag": version.meta.etag,
         "last_modified": version.meta.last_modified,
+        "content": version.meta.content,
         "first_seen": version.first_seen,
     }

@@ -1,6 +1,8 @@
 """A real FTP server (pyftpdlib) on loopback, in a thread, with a log of commands and of the
 bytes each RETR really sent, and a switch that drops a data connection mid-transfer. With a
-certificate it is an FTPS server (explicit TLS, required on control and data connections)."""
+certificate it is an FTPS server (explicit TLS, required on control and data connections).
+Control connections can be ended as an idle timeout does (421, then close) or stalled (the
+server reads commands and never answers, leaving the connection open)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ class FtpLog:
     retrs: list[Retr] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     drop_after: int | None = None  # the next RETR's data connection closes after this many bytes
+    live: set[Any] = field(default_factory=set)  # open control connections (handlers)
 
     def bytes_sent(self) -> int:
         with self.lock:
@@ -70,10 +73,34 @@ class FtpServer:
 
         class LoggingHandler(handler_base):  # type: ignore[misc, valid-type]
             dtp_handler = CountingDTP
+            # Set from the test's thread; acted on in this connection's own I/O loop thread.
+            kicked = False  # answer 421 and close, as an idle timeout does
+            muted = False  # read commands, never answer: a silently dead connection
+            _watch: Any = None
+
+            def handle(self) -> None:
+                with log.lock:
+                    log.live.add(self)
+                self._watch = self.ioloop.call_every(0.02, self._check_kicked)
+                super().handle()
+
+            def _check_kicked(self) -> None:
+                if self.kicked and not self._closing:
+                    self.respond("421 Timeout.")
+                    self.close_when_done()
+
+            def close(self) -> None:
+                with log.lock:
+                    log.live.discard(self)
+                if self._watch is not None and not self._watch.cancelled:
+                    self._watch.cancel()
+                super().close()
 
             def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
                 with log.lock:
                     log.commands.append((cmd, arg if cmd != "PASS" else "***"))
+                if self.muted:
+                    return
                 super().pre_process_command(line, cmd, arg)
 
             def ftp_RETR(self, file: str) -> Any:
@@ -108,6 +135,32 @@ class FtpServer:
     def url(self, with_user: bool = True) -> str:
         user = f"{self.user}@" if with_user else ""
         return f"{'ftps' if self.tls else 'ftp'}://{user}127.0.0.1:{self.port}/"
+
+    def sessions(self) -> int:
+        """Open control connections."""
+        with self.log.lock:
+            return len(self.log.live)
+
+    def logins(self) -> int:
+        with self.log.lock:
+            return sum(1 for cmd, _ in self.log.commands if cmd == "USER")
+
+    def drop_sessions(self) -> int:
+        """End every open control connection as an idle timeout does: 421, then close."""
+        with self.log.lock:
+            live = list(self.log.live)
+        for handler in live:
+            handler.kicked = True
+        return len(live)
+
+    def stall_sessions(self) -> int:
+        """Stop answering every open control connection, without closing it (no FIN, no RST):
+        what a client sees when a firewall silently forgets the connection."""
+        with self.log.lock:
+            live = list(self.log.live)
+        for handler in live:
+            handler.muted = True
+        return len(live)
 
     def start(self) -> None:
         self._thread.start()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -33,10 +34,14 @@ def ftp(tmp_path: Path) -> Iterator[FtpServer]:
 
 
 async def ftp_service(
-    make_service: MakeService, ftp: FtpServer, password: str = PASSWORD
+    make_service: MakeService,
+    ftp: FtpServer,
+    password: str = PASSWORD,
+    fetch: dict[str, str] | None = None,
+    origin_extra: str = "",
 ) -> Service:
-    origin = f'[origins.ftp]\nurl = "{ftp.url()}isos/"\npassword = "{password}"\n'
-    return await make_service("http://127.0.0.1:9/", extra=origin)
+    origin = f'[origins.ftp]\nurl = "{ftp.url()}isos/"\npassword = "{password}"\n{origin_extra}'
+    return await make_service("http://127.0.0.1:9/", extra=origin, fetch=fetch)
 
 
 async def assert_random_ranges(
@@ -166,3 +171,101 @@ async def test_ftps_with_an_untrusted_certificate_is_502_before_login(
     # Not retried, and nothing after AUTH TLS: no USER, no PASS, no RETR.
     assert [c for c, _ in ftps.log.commands] == ["AUTH"]
     assert ftps.log.retrs == []
+
+
+# -- pooled sessions the server has ended or forgotten ---------------------------------------
+
+POOL_FILES = 4
+POOL_SIZE = 3 * CHUNK + 99
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def pool_sessions(
+    ftp: FtpServer, client: aiohttp.ClientSession, url: str
+) -> dict[str, bytes]:
+    """Read the second half of POOL_FILES files concurrently: the stats and the reads (to the
+    end of each file, so their sessions are kept) leave several logged-in sessions pooled."""
+    files = {}
+    for i in range(POOL_FILES + 1):
+        data = generate_image(POOL_SIZE, seed=90 + i)
+        (ftp.root / "isos" / f"d{i}.iso").write_bytes(data)
+        files[f"d{i}.iso"] = data
+    half = POOL_SIZE // 2
+    results = await asyncio.gather(
+        *(fetch(client, f"{url}d{i}.iso", {"Range": f"bytes={half}-"}) for i in range(POOL_FILES))
+    )
+    for i, (status, _, body) in enumerate(results):
+        assert (status, body) == (206, files[f"d{i}.iso"][half:])
+    assert ftp.sessions() >= 2  # several sessions stay open, pooled
+    return files
+
+
+async def read_heads_and_a_new_file(
+    client: aiohttp.ClientSession, url: str, files: dict[str, bytes]
+) -> None:
+    """Uncached heads of the resolved files (reads only), then a file never seen (stat +
+    read), one after another so that each may meet the pool's dead sessions: all exact."""
+    half = POOL_SIZE // 2
+    for i in range(POOL_FILES):
+        status, _, body = await fetch(client, f"{url}d{i}.iso", {"Range": f"bytes=0-{half - 1}"})
+        assert (status, body) == (206, files[f"d{i}.iso"][:half]), body[:200]
+    status, _, body = await fetch(client, f"{url}d{POOL_FILES}.iso")
+    assert (status, body) == (200, files[f"d{POOL_FILES}.iso"]), body[:200]
+
+
+@pytest.mark.parametrize("retries", ["0", "1"])
+async def test_sessions_the_server_ended_are_replaced_without_spending_retries(
+    ftp: FtpServer, make_service: MakeService, client: aiohttp.ClientSession, retries: str
+) -> None:
+    service = await ftp_service(make_service, ftp, fetch={"retries": retries})
+    url = service.url + "origins/ftp/"
+    files = await pool_sessions(ftp, client, url)
+    # The server's idle timeout ends every session: 421, then it closes the connection.
+    assert ftp.drop_sessions() >= 2
+    await wait_for(lambda: ftp.sessions() == 0, "the server to close its sessions")
+    logins = ftp.logins()
+    await read_heads_and_a_new_file(client, url, files)
+    assert ftp.logins() > logins  # fresh logins replaced the dead sessions
+
+
+async def test_a_silently_stalled_session_is_replaced_after_one_read_timeout(
+    ftp: FtpServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    read_timeout = 2.0  # tests.conftest's [fetch] read_timeout
+    service = await ftp_service(make_service, ftp, fetch={"retries": "0"})
+    url = service.url + "origins/ftp/"
+    files = await pool_sessions(ftp, client, url)
+    stalled = ftp.stall_sessions()  # open, but never another reply
+    assert stalled >= 2
+    logins = ftp.logins()
+    started = time.monotonic()
+    status, _, body = await fetch(client, f"{url}d0.iso", {"Range": "bytes=0-99"})
+    elapsed = time.monotonic() - started
+    assert (status, body) == (206, files["d0.iso"][:100])
+    # One read timeout on the first stalled session, then a fresh login; the other stalled
+    # sessions, idle as long or longer, are not tried one after another.
+    assert read_timeout <= elapsed < read_timeout + 1.5
+    assert ftp.logins() == logins + 1
+    # isocache closed every stalled session (and spent the fresh one on a partial RETR).
+    await wait_for(lambda: ftp.sessions() == 0, "isocache to close the stalled sessions")
+
+
+async def test_sessions_idle_past_the_limit_are_not_reused(
+    ftp: FtpServer, make_service: MakeService, client: aiohttp.ClientSession
+) -> None:
+    service = await ftp_service(
+        make_service, ftp, fetch={"retries": "0"}, origin_extra='idle_timeout = "0s"\n'
+    )
+    url = service.url + "origins/ftp/"
+    files = await pool_sessions(ftp, client, url)
+    assert ftp.stall_sessions() >= 2
+    started = time.monotonic()
+    status, _, body = await fetch(client, f"{url}d1.iso", {"Range": "bytes=0-99"})
+    assert (status, body) == (206, files["d1.iso"][:100])
+    assert time.monotonic() - started < 1.0  # no stalled session was tried: no read timeout

@@ -64,6 +64,9 @@ class OriginMeta:
     # A digest of the whole file the origin vouches for, as (hashlib name, hex): Glance's
     # os_hash_algo/os_hash_value. Checked once the whole image is cached.
     digest: tuple[str, str] | None = None
+    # validate = "content": the sha256 (hex) of the file's leading bytes, taken by isocache
+    # itself at each stat. Part of the identity; never sent to the origin.
+    content: str | None = None
 
     @property
     def strong_etag(self) -> str | None:
@@ -77,14 +80,18 @@ class OriginMeta:
 
         A weak ETag only promises semantic equivalence, not byte equality (RFC 9110 8.8.1),
         so it is not good enough to keep chunks apart; Last-Modified is preferred over it.
+        Empty when the origin sent neither: then a same-size replacement keeps the identity.
         """
         if self.strong_etag:
-            return "etag:" + self.strong_etag
-        if self.last_modified:
-            return "lm:" + self.last_modified
-        if self.etag:
-            return "weak:" + self.etag
-        return ""
+            found = "etag:" + self.strong_etag
+        elif self.last_modified:
+            found = "lm:" + self.last_modified
+        elif self.etag:
+            found = "weak:" + self.etag
+        else:
+            found = ""
+        # Appended, so origins without validate = "content" keep their identities.
+        return f"{found} content:{self.content}" if self.content else found
 
 
 @dataclass(frozen=True, slots=True)

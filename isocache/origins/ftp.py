@@ -3,6 +3,11 @@
 Size from SIZE, validator from MDTM + size; ranged reads with REST + RETR, aborted (ABOR)
 once the needed bytes are in. Credentials go only to the configured host and port.
 Maps aioftp's exceptions to isocache.errors here and nowhere else.
+
+Pooled sessions die while idle (the server's idle timeout, or a middlebox forgetting the
+connection), so one idle past `idle_timeout` is closed instead of reused, and a pooled
+session that fails before doing anything for its caller costs no retry: the caller logs in
+afresh and tries again.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from urllib.parse import unquote, urlsplit
@@ -42,6 +49,16 @@ log = logging.getLogger(__name__)
 _READ_PIECE = 256 * 1024
 
 
+@dataclass(slots=True)
+class _Lease:
+    """A session lent to one attempt of one operation."""
+
+    client: aioftp.Client
+    reused: bool  # taken from the pool rather than logged in for this attempt
+    parked_at: float  # when it went into the pool (monotonic)
+    proven: bool = False  # it has answered a command for this attempt
+
+
 class FtpOrigin:
     """One configured FTP(S) origin. Use on the event loop."""
 
@@ -58,7 +75,8 @@ class FtpOrigin:
         self._label = redact_url(config.url)
         self._limits = limits
         self._sessions = asyncio.Semaphore(config.max_sessions)
-        self._idle: list[aioftp.Client] = []
+        self._idle_timeout = config.idle_timeout
+        self._idle: list[tuple[aioftp.Client, float]] = []  # (session, parked at), oldest first
         self._spent: set[aioftp.Client] = set()  # sessions that must not go back to the pool
         # FTPS: each session's plain transport under its TLS one. Python 3.11's
         # StreamWriter.start_tls does not always close it with the TLS transport.
@@ -76,7 +94,7 @@ class FtpOrigin:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for client in idle:
+        for client, _ in idle:
             await self._discard(client, polite=True)
 
     async def _discard(self, client: aioftp.Client, *, polite: bool = False) -> None:
@@ -113,25 +131,58 @@ class FtpOrigin:
             raise
         return client
 
+    def _take(self) -> _Lease | None:
+        """The most recently parked session, after closing those idle past the limit."""
+        now = time.monotonic()
+        while self._idle and now - self._idle[0][1] >= self._idle_timeout:
+            self._close(self._idle.pop(0)[0])
+        if not self._idle:
+            return None
+        client, parked_at = self._idle.pop()
+        return _Lease(client, reused=True, parked_at=parked_at)
+
     @contextlib.asynccontextmanager
-    async def _session(self) -> AsyncIterator[aioftp.Client]:
-        """A logged-in session from the pool; returned to it only if nothing went wrong."""
+    async def _session(self, *, fresh: bool = False) -> AsyncIterator[_Lease]:
+        """A logged-in session, from the pool unless `fresh`; returned to the pool only if
+        nothing went wrong."""
         async with self._sessions:
-            client = self._idle.pop() if self._idle else None
+            lease = None if fresh else self._take()
             try:
-                if client is None:
-                    client = await self._login()
-                yield client
+                if lease is None:
+                    lease = _Lease(await self._login(), reused=False, parked_at=time.monotonic())
+                yield lease
             except BaseException:
-                if client is not None:
-                    self._spent.discard(client)
-                    self._close(client)
+                if lease is not None:
+                    self._spent.discard(lease.client)
+                    self._close(lease.client)
                 raise
-            if client in self._spent:
-                self._spent.discard(client)
-                self._close(client)
+            if lease.client in self._spent:
+                self._spent.discard(lease.client)
+                self._close(lease.client)
             else:
-                self._idle.append(client)
+                self._idle.append((lease.client, time.monotonic()))
+
+    def _stale(self, lease: _Lease | None, exc: OriginError, what: str) -> bool:
+        """True when `exc` says only that a pooled session died while idle: it failed before
+        answering anything for this attempt. Then the sessions idle as long or longer are
+        closed too (whatever ended this one most likely ended them), and the caller tries
+        again on a fresh login without counting a retry; that cannot repeat, as a fresh
+        session is not reused. A silently dropped connection costs one read_timeout."""
+        if lease is None or not lease.reused or lease.proven or not exc.retryable:
+            return False
+        idle = time.monotonic() - lease.parked_at
+        older = [c for c, parked_at in self._idle if parked_at <= lease.parked_at]
+        self._idle = [(c, p) for c, p in self._idle if p > lease.parked_at]
+        for client in older:
+            self._close(client)
+        log.info(
+            "ftp-session-stale %s idle=%.1fs closed_idle=%d error=%s",
+            what,
+            idle,
+            len(older),
+            exc.detail,
+        )
+        return True
 
     @contextlib.asynccontextmanager
     async def _mapped(self, url: str) -> AsyncIterator[None]:
@@ -177,28 +228,50 @@ class FtpOrigin:
     async def stat(self, url: str) -> OriginMeta:
         path = self._path(url)
         attempt = 0
+        fresh = False
         while True:
+            lease = None
             try:
-                async with self._mapped(url), self._session() as client:
-                    return await self._meta(client, path)
+                async with self._mapped(url), self._session(fresh=fresh) as lease:
+                    return await self._meta(lease.client, path)
             except OriginError as exc:
-                await back_off(exc, attempt, self._limits, f"op=stat url={redact_url(url)}")
-                attempt += 1
+                what = f"op=stat url={redact_url(url)}"
+                fresh = self._stale(lease, exc, what)
+                if not fresh:
+                    await back_off(exc, attempt, self._limits, what)
+                    attempt += 1
 
     async def list(self, url: str) -> AsyncIterator[ListEntry]:
         """MLSD (aioftp falls back to LIST), streamed from the data connection."""
         path = self._path(url)
-        async with self._mapped(url), self._session() as client:
-            if not await client.is_dir(path):
-                raise ImageNotFound(f"origin has no directory {redact_url(url)}")
-            async for entry_path, info in client.list(path):
-                name = entry_path.name
-                if not plain_name(name):
-                    continue
-                is_dir = info.get("type") == "dir"
-                size = info.get("size")
-                exact = not is_dir and isinstance(size, str) and size.isascii() and size.isdigit()
-                yield ListEntry(name, int(size) if exact and size else None, is_dir)
+        fresh = False
+        while True:
+            lease = None
+            try:
+                async with self._mapped(url), self._session(fresh=fresh) as lease:
+                    client = lease.client
+                    if not await client.is_dir(path):
+                        raise ImageNotFound(f"origin has no directory {redact_url(url)}")
+                    lease.proven = True
+                    async for entry_path, info in client.list(path):
+                        name = entry_path.name
+                        if not plain_name(name):
+                            continue
+                        is_dir = info.get("type") == "dir"
+                        size = info.get("size")
+                        exact = (
+                            not is_dir
+                            and isinstance(size, str)
+                            and size.isascii()
+                            and size.isdigit()
+                        )
+                        yield ListEntry(name, int(size) if exact and size else None, is_dir)
+                return
+            except OriginError as exc:
+                # Only a dead pooled session is tried again: a listing has no retry budget.
+                fresh = self._stale(lease, exc, f"op=list url={redact_url(url)}")
+                if not fresh:
+                    raise
 
     async def read(
         self, url: str, meta: OriginMeta, offset: int, length: int
@@ -206,23 +279,28 @@ class FtpOrigin:
         path = self._path(url)
         position, stop = offset, offset + length
         attempt = 0
+        fresh = False
         while position < stop:
+            lease = None
             try:
-                async with self._mapped(url), self._session() as client:
+                async with self._mapped(url), self._session(fresh=fresh) as lease:
                     # FTP has no conditional GET: check the version on the same session first.
-                    if await self._meta(client, path) != meta:
+                    if await self._meta(lease.client, path) != meta:
                         raise OriginChanged(f"{redact_url(url)} changed at the origin")
+                    lease.proven = True
                     to_end = stop == meta.size
                     async for data in self._retrieve(
-                        client, path, position, stop - position, to_end
+                        lease.client, path, position, stop - position, to_end
                     ):
                         position += len(data)
                         attempt = 0
                         yield data
             except OriginError as exc:
                 where = f"op=read url={redact_url(url)} position={position}"
-                await back_off(exc, attempt, self._limits, where)
-                attempt += 1
+                fresh = self._stale(lease, exc, where)
+                if not fresh:
+                    await back_off(exc, attempt, self._limits, where)
+                    attempt += 1
 
     async def _retrieve(
         self, client: aioftp.Client, path: str, offset: int, want: int, to_end: bool

@@ -1,6 +1,7 @@
 """Builds one backend per configured origin (HTTP origins share one pooled client, except
 those with a `ca_file` of their own) and finds the backend of a URL. The only place that
-knows which class serves which scheme."""
+knows which class serves which scheme. Each origin's backend is seen through its
+`validate` setting (ValidatedOrigin)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from isocache.origins.ftp import FtpOrigin
 from isocache.origins.glance import GlanceOrigin
 from isocache.origins.http import HttpOrigin
 from isocache.origins.s3 import S3Origin
+from isocache.origins.validate import ValidatedOrigin
 
 
 class Backends:
@@ -21,27 +23,32 @@ class Backends:
             fetch.connect_timeout, fetch.read_timeout, fetch.retries, fetch.max_connections
         )
         self.http = HttpOrigin(is_allowed=is_allowed, limits=limits)
+        self._backends: list[Origin] = [self.http]
         self._by_origin: dict[str, Origin] = {}
         for name, origin in config.origins.items():
+            backend: Origin
             if origin.kind == "glance":
-                self._by_origin[name] = GlanceOrigin(origin, limits)
+                backend = GlanceOrigin(origin, limits)
             elif origin.scheme in ("ftp", "ftps"):
-                self._by_origin[name] = FtpOrigin(origin, limits)
+                backend = FtpOrigin(origin, limits)
             elif origin.scheme == "s3":
-                self._by_origin[name] = S3Origin(origin, limits)
+                backend = S3Origin(origin, limits)
             elif origin.ca_file:  # its own trust, so its own pool
-                self._by_origin[name] = HttpOrigin(
-                    is_allowed=is_allowed, limits=limits, ca_file=origin.ca_file
-                )
+                backend = HttpOrigin(is_allowed=is_allowed, limits=limits, ca_file=origin.ca_file)
             else:
-                self._by_origin[name] = self.http
+                backend = self.http
+            if backend is not self.http:
+                self._backends.append(backend)
+            self._by_origin[name] = ValidatedOrigin(backend, name, origin.validate)
+        # Catalog images outside every origin: labelled as in the metrics.
+        self._outside = ValidatedOrigin(self.http, "images")
 
     def for_origin(self, name: str | None) -> Origin:
         """The backend of origin `name`; the shared HTTP backend for URLs outside origins."""
         if name is None:
-            return self.http
+            return self._outside
         return self._by_origin[name]
 
     async def close(self) -> None:
-        for backend in {id(b): b for b in [self.http, *self._by_origin.values()]}.values():
+        for backend in self._backends:
             await backend.close()
