@@ -8,7 +8,6 @@ segment on the URL as it is sent, with dot segments refused however they are enc
 
 from __future__ import annotations
 
-import dataclasses
 from urllib.parse import quote, unquote
 
 from isocache.config import Config
@@ -70,11 +69,6 @@ class Catalog:
         ref = self._images.pop(name, None)
         if ref is None:
             raise ImageNotFound(f"no image named {name!r}")
-        return ref
-
-    def set_pinned(self, name: str, pinned: bool) -> ImageRef:
-        ref = dataclasses.replace(self.image(name), pinned=pinned)
-        self._images[name] = ref
         return ref
 
     def _origin_of(self, url: str) -> str | None:

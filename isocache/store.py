@@ -546,7 +546,8 @@ class ChunkStore:
 
         Scans the index: for reports (why a prewarm could not keep an image), not for the
         data path."""
-        return sum(r.length for k, r in self._index.items() if k.split(":", 1)[0] in self._pinned)
+        pinned = self.pinned_identities()
+        return sum(r.length for k, r in self._index.items() if k.split(":", 1)[0] in pinned)
 
     # -- origin metadata ------------------------------------------------------------------
 
