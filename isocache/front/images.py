@@ -2,8 +2,9 @@
 
 Small responses (up to GATHER_LIMIT bytes) are gathered before the status line is sent,
 so an origin failure becomes a clean 502/504: qemu's curl driver checks neither status nor
-Content-Range and aborts on a short 206 (see ../shared/DESIGN.md). Longer responses stream,
-and on an unrecoverable failure the connection is aborted, never padded.
+Content-Range and aborts on a short 206 (docs/ARCHITECTURE.md, "What qemu's curl driver
+needs"). Longer responses stream, and on an unrecoverable failure the connection is aborted,
+never padded.
 """
 
 from __future__ import annotations
