@@ -20,7 +20,7 @@ from isocache.urls import is_under, path_problem, redact_url, same_place
 # Characters left unescaped when a decoded path segment is put back into an origin URL
 # (RFC 3986 pchar minus "%"): everything else is percent-encoded again.
 _SEGMENT_SAFE = "!$&'()*+,;=:@~-._"
-_IMAGES_LABEL = "images"
+IMAGES_LABEL = "images"
 
 
 class Catalog:
@@ -43,7 +43,7 @@ class Catalog:
         return ImageRef(
             url=url,
             origin=self._backends.for_origin(origin_name),
-            origin_label=origin_name or _IMAGES_LABEL,
+            origin_label=origin_name or IMAGES_LABEL,
             name=name,
             sha256=sha256,
             pinned=pinned,

@@ -384,7 +384,6 @@ class Filler:
             # Until here the done future stays in flight, so a new reader takes the bytes
             # from it instead of fetching the chunk again (and a refused chunk, a while longer).
             self._forget(key, future)
-            self._metrics.cache_bytes.set(self._store.bytes_used)
 
     def _keep_unstored(self, key: str, future: asyncio.Future[bytes], length: int) -> None:
         if self._inflight.get(key) is not future or key in self._unstored:

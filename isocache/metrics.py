@@ -5,8 +5,21 @@ Labels are bounded: an origin's configured name, an error kind, never a URL or a
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Error kinds a fill can end in (errors.py's `error` names): exported at 0 from the start,
+# so a rate() or an alert has a series before the first failure.
+ORIGIN_ERROR_KINDS = (
+    "origin_error",
+    "origin_unavailable",
+    "origin_timeout",
+    "origin_protocol_error",
+    "origin_changed",
+    "image_not_found",
+)
+CLIENT_METHODS = ("GET", "HEAD")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -31,8 +44,15 @@ class Metrics:
             "Missed chunks that joined a fill already in flight instead of starting one",
             registry=r,
         )
-        self.cache_bytes = Gauge("isocache_cache_bytes", "Bytes of chunks in the store", registry=r)
-        self.evictions = Counter("isocache_evictions", "Chunks evicted from the store", registry=r)
+        self.cache_bytes = Gauge(
+            "isocache_cache_bytes", "Bytes of chunks in the store (read at each scrape)", registry=r
+        )
+        self.evictions = Counter(
+            "isocache_evictions",
+            "Chunks evicted to keep the store within cache.size_limit (pressure only; admin "
+            "evicts, verification and checksum drops are not counted)",
+            registry=r,
+        )
         self.request_seconds = Histogram(
             "isocache_request_seconds",
             "Client request duration",
@@ -62,3 +82,15 @@ class Metrics:
             ["origin"],
             registry=r,
         )
+
+    def start(self, origin_labels: Iterable[str], cache_bytes: Callable[[], float]) -> None:
+        """Export every known label value at 0 and read the store's size at each scrape."""
+        self.cache_bytes.set_function(cache_bytes)
+        for method in CLIENT_METHODS:
+            self.request_seconds.labels(method)
+        for origin in origin_labels:
+            self.origin_bytes.labels(origin)
+            self.origin_request_seconds.labels(origin)
+            self.stale_serves.labels(origin)
+            for kind in ORIGIN_ERROR_KINDS:
+                self.origin_errors.labels(origin, kind)

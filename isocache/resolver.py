@@ -6,6 +6,7 @@ cannot be reached (stale-if-error). Knows nothing about HTTP clients or chunks' 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -70,7 +71,7 @@ class Resolver:
         """
         entry = self._known.get(ref.url)
         if entry is not None and self._clock() - entry.checked_at < self._revalidate:
-            return entry.version
+            return _as(ref, entry.version)
         pending = self._inflight.get(ref.url)
         if pending is None:
             pending = asyncio.get_running_loop().create_future()
@@ -81,8 +82,8 @@ class Resolver:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if entry is not None and entry.checked_at != float("-inf"):
-            return entry.version
-        return await asyncio.shield(pending)
+            return _as(ref, entry.version)
+        return _as(ref, await asyncio.shield(pending))
 
     async def _refresh(self, ref: ImageRef, result: asyncio.Future[ImageVersion]) -> None:
         try:
@@ -158,6 +159,12 @@ class Resolver:
             return ImageVersion.of(ref, meta, record["first_seen"])
         except (KeyError, TypeError):
             return None
+
+
+def _as(ref: ImageRef, version: ImageVersion) -> ImageVersion:
+    """The version as read through `ref`: versions are known per URL, and two images (or an
+    image and an origin path) may share one URL while only one of them has a sha256."""
+    return version if version.ref == ref else dataclasses.replace(version, ref=ref)
 
 
 def _meta_record(version: ImageVersion) -> dict[str, object]:

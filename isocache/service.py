@@ -13,7 +13,7 @@ from aiohttp import web
 
 from isocache.admin.api import AdminApi
 from isocache.admin.prewarm import PrewarmManager
-from isocache.catalog import Catalog
+from isocache.catalog import IMAGES_LABEL, Catalog
 from isocache.config import Config, ConfigError
 from isocache.errors import BadRequest
 from isocache.fill import Filler
@@ -66,7 +66,9 @@ class Service:
             await self.store.open()
         except StoreDirError as exc:
             raise ConfigError(config.source, "cache.dir", str(exc)) from None
-        self.metrics.cache_bytes.set(self.store.bytes_used)
+        self.metrics.start(
+            [*config.origins, IMAGES_LABEL], lambda: float(self.store.bytes_used)
+        )
         self._backends = Backends(
             config, lambda url: self.catalog is not None and self.catalog.is_allowed(url)
         )
