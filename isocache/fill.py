@@ -104,6 +104,7 @@ class Filler:
         self._background_slots = asyncio.Semaphore(max(1, max_connections // 2))
         self._max_per_image = max_per_image
         self._image_slots: dict[str, asyncio.Semaphore] = {}
+        self._image_slot_users: collections.Counter[str] = collections.Counter()
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         # Set when a client waits on a chunk of a background fill: one event per fill.
         self._promotions: dict[str, asyncio.Event] = {}
@@ -255,19 +256,33 @@ class Filler:
         return None
 
     async def _take_background(self, version: ImageVersion) -> Callable[[], None]:
-        per_image = self._image_slots.setdefault(
-            version.identity, asyncio.Semaphore(self._max_per_image)
-        )
-        await self._background_slots.acquire()
+        identity = version.identity
+        per_image = self._image_slots.setdefault(identity, asyncio.Semaphore(self._max_per_image))
+        # A semaphore lives while some fill holds or waits for it, then goes: one per image
+        # ever read would grow without bound.
+        self._image_slot_users[identity] += 1
+
+        def done_with_slot() -> None:
+            self._image_slot_users[identity] -= 1
+            if self._image_slot_users[identity] <= 0:
+                del self._image_slot_users[identity]
+                del self._image_slots[identity]
+
         try:
-            await per_image.acquire()
+            await self._background_slots.acquire()
+            try:
+                await per_image.acquire()
+            except BaseException:
+                self._background_slots.release()
+                raise
         except BaseException:
-            self._background_slots.release()
+            done_with_slot()
             raise
 
         def release() -> None:
             per_image.release()
             self._background_slots.release()
+            done_with_slot()
 
         return release
 

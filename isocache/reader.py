@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from isocache.fill import Filler
 from isocache.image import ImageVersion
+from isocache.lru import LruDict
 from isocache.metrics import Metrics
 from isocache.ranges import ByteRange
 from isocache.request_stats import current_stats
@@ -22,6 +23,8 @@ from isocache.store import ChunkStore
 # qemu's curl driver asks for read size + 256 KiB readahead, so consecutive reads overlap.
 _QEMU_READAHEAD = 256 * 1024
 _RECENT_READS = 16
+# Images whose recent reads are remembered for readahead: the least recently read drop out.
+RECENT_IMAGES = 1024
 
 
 @dataclass(slots=True)
@@ -70,7 +73,7 @@ class Reader:
         self.chunk_size = store.chunk_size
         self._readahead_chunks = readahead // self.chunk_size
         self._parallel = max(1, max_per_image)
-        self._recent: dict[str, collections.deque[tuple[int, int]]] = {}
+        self._recent: LruDict[str, collections.deque[tuple[int, int]]] = LruDict(RECENT_IMAGES)
 
     def pieces(self, chunks: Chunks, rng: ByteRange) -> list[Piece]:
         """The pieces of `rng`, all of whose chunks `chunks` holds."""

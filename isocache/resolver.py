@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from isocache.config import redact_url
 from isocache.errors import ImageNotFound, OriginError
 from isocache.image import ImageRef, ImageVersion
+from isocache.lru import LruDict
 from isocache.metrics import Metrics
 from isocache.origins.base import OriginMeta
 from isocache.store import ChunkStore
 
 log = logging.getLogger(__name__)
 
+# Versions kept in memory (the rest are read back from the store's metadata when asked):
+# any client can name new files under /origins/.
+KNOWN_VERSIONS = 4096
 # While the origin is down, ask it again at most this often rather than on every request.
 _STALE_RETRY_INTERVAL = 5.0
 
@@ -46,7 +50,7 @@ class Resolver:
         self._metrics = metrics
         self._revalidate = revalidate
         self._clock = clock
-        self._known: dict[str, _Known] = {}
+        self._known: LruDict[str, _Known] = LruDict(KNOWN_VERSIONS)
         self._inflight: dict[str, asyncio.Future[ImageVersion]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -138,7 +142,7 @@ class Resolver:
                         version.identity,
                     )
                     await self._store.drop_image(persisted.identity)
-                await self._store.save_meta(ref.url, _meta_record(version))
+                await self._store.save_meta(ref.url, _meta_record(version), version.identity)
         if ref.name is not None and self._store.is_pinned(ref.name):
             # The pin follows the image to its new version; the old one is released.
             await self._store.pin(ref.name, version.identity)

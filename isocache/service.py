@@ -66,14 +66,14 @@ class Service:
             await self.store.open()
         except StoreDirError as exc:
             raise ConfigError(config.source, "cache.dir", str(exc)) from None
-        self.metrics.start(
-            [*config.origins, IMAGES_LABEL], lambda: float(self.store.bytes_used)
-        )
+        self.metrics.start([*config.origins, IMAGES_LABEL], lambda: float(self.store.bytes_used))
         self._backends = Backends(
             config, lambda url: self.catalog is not None and self.catalog.is_allowed(url)
         )
         self.catalog = Catalog(config, self._backends)
-        resolver = Resolver(self.store, self.metrics, revalidate=config.cache.revalidate)
+        self.resolver = resolver = Resolver(
+            self.store, self.metrics, revalidate=config.cache.revalidate
+        )
         self.filler = Filler(
             self.store,
             self.metrics,
@@ -81,7 +81,7 @@ class Service:
             max_per_image=config.fetch.max_connections_per_image,
             on_stored=self.verifier.chunk_stored,
         )
-        reader = Reader(
+        self.reader = reader = Reader(
             self.store,
             self.filler,
             self.metrics,

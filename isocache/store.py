@@ -38,7 +38,8 @@ T = TypeVar("T")
 
 _DATA = "c:"  # c:<identity>:<index> -> chunk bytes (a value file)
 _RECORD = "r:"  # r:<identity>:<index> -> (length, crc32, value file path, last access)
-_META = "m:"  # m:<url> -> dict of the last known origin metadata
+_META = "m:"  # m:<url> -> dict of the last known origin metadata and its identity
+META_KEPT = 10_000
 _STATE = "s:"  # s:<name> -> small service state (prewarm jobs, run-time images)
 _PIN = "pin/"  # s:pin/<owner> -> pinned identity (or None until a version is known)
 # Access times reach disk in batches; losing the last interval in a crash only blurs LRU order.
@@ -106,6 +107,7 @@ class ChunkStore:
         self._cache: Any = None
         self._index: OrderedDict[str, ChunkRecord] = OrderedDict()  # LRU first
         self._pins: dict[str, str | None] = {}  # owner (image name) -> pinned identity
+        self._meta: OrderedDict[str, str] = OrderedDict()  # URL with metadata -> identity
         self._chunk_counts: collections.Counter[str] = collections.Counter()
         self._touched: set[str] = set()
         self._bytes_used = 0  # chunks in the index
@@ -135,11 +137,12 @@ class ChunkStore:
         """
         await self._run(self._claim_directory)
         try:
-            records, pins = await self._run(self._open_blocking)
+            records, pins, meta = await self._run(self._open_blocking)
         except BaseException:
             self._release_lock()
             raise
         self._pins = pins
+        self._meta = meta
         now = time.time()
         for key, record in sorted(records.items(), key=lambda item: item[1].last_access):
             record.last_access = min(record.last_access, now)
@@ -196,7 +199,9 @@ class ChunkStore:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
 
-    def _open_blocking(self) -> tuple[dict[str, ChunkRecord], dict[str, str | None]]:
+    def _open_blocking(
+        self,
+    ) -> tuple[dict[str, ChunkRecord], dict[str, str | None], OrderedDict[str, str]]:
         cache = diskcache.Cache(
             str(self.directory),
             eviction_policy="none",
@@ -209,6 +214,7 @@ class ChunkStore:
         self._remove_orphans(cache)
         records: dict[str, ChunkRecord] = {}
         pins: dict[str, str | None] = {}
+        meta: OrderedDict[str, str] = OrderedDict()
         data_keys: set[str] = set()
         for key in list(cache.iterkeys()):
             if not isinstance(key, str):
@@ -224,6 +230,10 @@ class ChunkStore:
                     )
                 else:
                     cache.delete(key)
+            elif key.startswith(_META):
+                value = cache.get(key)
+                identity = value.get("identity") if isinstance(value, dict) else None
+                meta[key[len(_META) :]] = identity if isinstance(identity, str) else ""
             elif key.startswith(_STATE + _PIN):
                 value = cache.get(key)
                 pins[key[len(_STATE + _PIN) :]] = value if isinstance(value, str) else None
@@ -237,7 +247,7 @@ class ChunkStore:
                 del records[key]
                 cache.delete(_RECORD + key)
                 cache.delete(_DATA + key)
-        return records, pins
+        return records, pins, meta
 
     def _remove_orphans(self, cache: Any) -> None:
         """Drop rows whose value file is gone, and value files no row refers to (a crash
@@ -551,11 +561,32 @@ class ChunkStore:
 
     # -- origin metadata ------------------------------------------------------------------
 
-    async def save_meta(self, url: str, meta: dict[str, Any]) -> None:
+    async def save_meta(self, url: str, meta: dict[str, Any], identity: str) -> None:
+        """Remember a URL's origin metadata and the identity it gives. Rows are kept for
+        the META_KEPT most recently saved URLs, and beyond that only while the identity
+        has chunks stored or pinned: any client can name new files under /origins/."""
+        self._meta[url] = identity
+        self._meta.move_to_end(url)
+        stale: list[str] = []
+        if len(self._meta) > META_KEPT:
+            pinned = self.pinned_identities()
+            for old_url, old_identity in list(self._meta.items())[: len(self._meta) - META_KEPT]:
+                if not (self.chunk_count(old_identity) or old_identity in pinned):
+                    del self._meta[old_url]
+                    stale.append(old_url)
         try:
-            await self._run(self._cache.set, _META + url, meta)
-        except OSError as exc:
+            await self._run(self._write_meta, url, {**meta, "identity": identity}, stale)
+        except (OSError, sqlite3.Error) as exc:
             log.warning("store-meta-write-failed error=%s", exc)
+
+    def _write_meta(self, url: str, meta: dict[str, Any], stale: list[str]) -> None:
+        self._cache.set(_META + url, meta)
+        for old_url in stale:
+            self._cache.delete(_META + old_url)
+
+    def meta_count(self) -> int:
+        """How many URLs' metadata the store keeps."""
+        return len(self._meta)
 
     async def load_meta(self, url: str) -> dict[str, Any] | None:
         value = await self._run(self._cache.get, _META + url)

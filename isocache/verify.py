@@ -11,11 +11,13 @@ import logging
 
 from isocache.errors import OriginError
 from isocache.image import ImageVersion
+from isocache.lru import LruDict
 from isocache.store import ChunkStore
 
 log = logging.getLogger(__name__)
 
 _READ = 4 * 1024 * 1024
+RESULTS_KEPT = 4096
 
 
 def expected_digest(version: ImageVersion) -> tuple[str, str] | None:
@@ -29,8 +31,9 @@ class Verifier:
 
     def __init__(self, store: ChunkStore) -> None:
         self._store = store
-        self._results: dict[str, bool] = {}
-        self._failures: dict[str, str] = {}
+        # Bounded: a forgotten result is hashed again when the version is complete again.
+        self._results: LruDict[str, bool] = LruDict(RESULTS_KEPT)
+        self._failures: LruDict[str, str] = LruDict(RESULTS_KEPT)
         self._running: dict[str, asyncio.Task[bool | None]] = {}
         self._recheck: set[str] = set()
 

@@ -180,11 +180,11 @@ async def test_value_without_record_is_invisible_after_restart(tmp_path: Path) -
 
 async def test_meta_round_trip(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
-    await store.save_meta("http://o/x", {"size": 5})
+    await store.save_meta("http://o/x", {"size": 5}, "abc")
     await store.close()
     store = await open_store(tmp_path)
     try:
-        assert await store.load_meta("http://o/x") == {"size": 5}
+        assert await store.load_meta("http://o/x") == {"size": 5, "identity": "abc"}
         assert await store.load_meta("http://o/y") is None
     finally:
         await store.close()

@@ -30,6 +30,8 @@ _RUN_CHUNKS = 4  # chunks per origin read; a cancelled job aborts the reads no c
 
 _STATE_PREFIX = "prewarm/"
 ACTIVE = ("queued", "running")
+# Ended jobs kept (in memory and in the store) for status queries; older ones are dropped.
+ENDED_JOBS_KEPT = 200
 
 
 @dataclass
@@ -138,6 +140,7 @@ class PrewarmManager:
             await asyncio.gather(task, return_exceptions=True)
             job.finished = time.time()
             await self._save(job)
+            await self._prune()
         return job
 
     async def resume(self) -> None:
@@ -152,6 +155,7 @@ class PrewarmManager:
                 log.info("prewarm-resume id=%s target=%s", job.id, job.target)
                 job.state = "queued"
                 self._start(job)
+        await self._prune()
 
     async def close(self) -> None:
         """Stop running jobs without marking them cancelled: they resume after a restart."""
@@ -192,6 +196,19 @@ class PrewarmManager:
         job.finished = time.time()
         log.info("prewarm-end id=%s state=%s bytes=%d", job.id, job.state, job.bytes_done)
         await self._save(job)
+        await self._prune()
+
+    async def _prune(self) -> None:
+        ended = sorted(
+            (job for job in self._jobs.values() if job.state not in ACTIVE),
+            key=lambda job: job.created,
+        )
+        for job in ended[: max(0, len(ended) - ENDED_JOBS_KEPT)]:
+            del self._jobs[job.id]
+            try:
+                await self._store.delete_state(_STATE_PREFIX + job.id)
+            except OSError as exc:
+                log.warning("prewarm-prune-failed id=%s error=%s", job.id, exc)
 
     async def _fill(self, job: PrewarmJob) -> None:
         version = await self._resolver.resolve(self._lookup(job.target))
