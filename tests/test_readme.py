@@ -28,3 +28,16 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     test = _setup_commands()[1]
     ci_lines = [line.strip() for line in (ROOT / ".ci/run").read_text().splitlines()]
     assert test in ci_lines
+
+
+def test_the_project_stands_alone() -> None:
+    """Rationale lives in docs/ARCHITECTURE.md, never as a pointer outside the repository."""
+    pointers = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for folder in ("isocache", "docs", "bench", "contrib")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file() and path.suffix in {".py", ".md", ".toml", ".service", ".json"}
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if "../shared" in line or "shared/DESIGN" in line
+    ]
+    assert pointers == []
