@@ -77,6 +77,18 @@ class Catalog:
                 return name
         return None
 
+    def ref_for_url(self, url: str) -> ImageRef | None:
+        """A ref that reads `url` from its configured origin; None when it may no longer be
+        fetched (its origin left the config)."""
+        if not self.is_allowed(url):
+            return None
+        origin_name = self._origin_of(url)
+        return ImageRef(
+            url=url,
+            origin=self._backends.for_origin(origin_name),
+            origin_label=origin_name or IMAGES_LABEL,
+        )
+
     def is_allowed(self, url: str) -> bool:
         """True when `url` lies under a configured origin or is a configured image URL."""
         if path_problem(url) is not None:

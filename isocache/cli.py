@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         ("verify", "re-check an image's chunks and sha256"),
     ]:
         admin(name, text).add_argument("name")
+    attach = admin("attach", "attach an image's current version for a VM; print its URL")
+    attach.add_argument("name", help="an image name, or /origins/NAME/<path>")
+    attach.add_argument("--wait", action="store_true", help="exit 0 only once it is cached")
+    attach.add_argument("--libvirt", action="store_true", help="also print a libvirt <disk>")
+    admin("detach", "release an attachment (its URL serves what stays cached)").add_argument("id")
     register = admin("register", "add an image at run time (under a configured origin)")
     register.add_argument("name")
     register.add_argument("url")
@@ -67,17 +72,46 @@ def _server(args: argparse.Namespace) -> str:
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from isocache.client import AdminClient, AdminClientError, print_status, wait_for_job
+    from isocache.client import (
+        AdminClient,
+        AdminClientError,
+        libvirt_disk,
+        print_attachments,
+        print_status,
+        wait_for_job,
+    )
 
     try:
         client = AdminClient(_server(args), args.token or os.environ.get("ISOCACHE_TOKEN"))
         name = getattr(args, "name", "")
         if args.command == "status":
             images = client.call("GET", "api/images")
+            attachments = client.call("GET", "api/attachments")
             if args.json:
-                print(json.dumps(images, indent=2))
+                print(json.dumps({"images": images, "attachments": attachments}, indent=2))
             else:
                 print_status(images)
+                if attachments:
+                    print()
+                    print_attachments(attachments)
+        elif args.command == "attach":
+            target = {"path": name} if name.startswith("/origins/") else {"image": name}
+            attachment = client.call("POST", "api/attachments", target)
+            if args.wait and attachment["state"] != "ready" and attachment["prewarm_job"]:
+                wait_for_job(client, attachment["prewarm_job"])
+                attachment = client.call("GET", f"api/attachments/{attachment['id']}")
+            print(attachment["url"])
+            if args.libvirt:
+                print(libvirt_disk(attachment["url"]))
+            if args.wait and attachment["state"] != "ready":
+                raise AdminClientError(
+                    f"attachment {attachment['id']} is {attachment['state']}: "
+                    f"{attachment.get('error') or 'not every chunk is cached'}"
+                )
+            print(f"attachment {attachment['id']} ({attachment['state']})", file=sys.stderr)
+        elif args.command == "detach":
+            detached = client.call("DELETE", f"api/attachments/{args.id}")
+            print(f"detached {detached['id']}; its URL serves what stays cached, then 410")
         elif args.command == "prewarm":
             job = client.call("POST", "api/prewarm", {"image": name})
             if not args.wait:

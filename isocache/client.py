@@ -10,7 +10,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 
 class AdminClientError(Exception):
@@ -72,12 +74,49 @@ def print_status(images: list[dict[str, Any]], out: TextIO = sys.stdout) -> None
                 image["last_access"] or "-",
             )
         )
+    _print_table(rows, out)
+
+
+def print_attachments(attachments: list[dict[str, Any]], out: TextIO = sys.stdout) -> None:
+    rows = [("ATTACHMENT", "IMAGE", "STATE", "SIZE", "CACHED", "URL")]
+    for attachment in attachments:
+        size, cached = attachment["size"], attachment["cached_bytes"]
+        rows.append(
+            (
+                attachment["id"],
+                attachment.get("image") or attachment.get("path") or "-",
+                attachment["state"],
+                _size(size),
+                f"{100 * cached / size:.0f}%" if size else "-",
+                attachment["url"],
+            )
+        )
+    _print_table(rows, out)
+
+
+def _print_table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(),
             file=out,
         )
+
+
+def libvirt_disk(url: str) -> str:
+    """The libvirt <disk> element that attaches `url` (an attachment URL) as a CD-ROM."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    return (
+        "<disk type='network' device='cdrom'>\n"
+        "  <driver name='qemu' type='raw'/>\n"
+        f"  <source protocol='{parts.scheme}' name='{parts.path}'>\n"
+        f"    <host name='{host}' port='{port}'/>\n"
+        "  </source>\n"
+        "  <target dev='sdc' bus='sata'/>\n"
+        "  <readonly/>\n"
+        "</disk>"
+    )
 
 
 def wait_for_job(

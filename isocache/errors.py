@@ -9,6 +9,7 @@
     │   └── ImageNotFound (404)      unknown catalog name, origin or origin path
     ├── MethodNotAllowed (405)
     ├── Conflict (409)               e.g. pinning more than fits in size_limit
+    ├── Gone (410)                   an attachment's version can no longer be read
     ├── RangeNotSatisfiable (416)    carries the resource size for Content-Range: bytes */SIZE
     ├── OriginError (502)            anything an origin did wrong
     │   ├── OriginUnavailable (502)  connection refused, reset, DNS, 5xx after retries
@@ -55,6 +56,11 @@ class Forbidden(IsocacheError):
 class Conflict(IsocacheError):
     status = 409
     error = "conflict"
+
+
+class Gone(IsocacheError):
+    status = 410
+    error = "attachment_gone"
 
 
 class NotFound(IsocacheError):

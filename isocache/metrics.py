@@ -76,6 +76,12 @@ class Metrics:
         self.prewarm_jobs = Gauge(
             "isocache_prewarm_jobs", "Prewarm jobs by state", ["state"], registry=r
         )
+        self.attachment_gone = Counter(
+            "isocache_attachment_gone",
+            "Reads through an attachment URL answered 410: the chunk was not cached and the "
+            "origin no longer has the attached version (or the attachment was detached)",
+            registry=r,
+        )
         self.stale_serves = Counter(
             "isocache_stale_if_error",
             "Times a cached version was served because the origin could not be reached",

@@ -141,7 +141,9 @@ class Resolver:
                         persisted.identity,
                         version.identity,
                     )
-                    await self._store.drop_image(persisted.identity)
+                    # An attachment (or an image pin not yet moved) may still hold it.
+                    if persisted.identity not in self._store.pinned_identities():
+                        await self._store.drop_image(persisted.identity)
                 await self._store.save_meta(ref.url, _meta_record(version), version.identity)
         if ref.name is not None and self._store.is_pinned(ref.name):
             # The pin follows the image to its new version; the old one is released.

@@ -12,7 +12,10 @@ import signal
 from aiohttp import web
 
 from isocache.admin.api import AdminApi
+from isocache.admin.attach_api import AttachmentApi
 from isocache.admin.prewarm import PrewarmManager
+from isocache.attachments import PIN_PREFIX as ATTACHMENT_PINS
+from isocache.attachments import Attachments
 from isocache.catalog import IMAGES_LABEL, Catalog
 from isocache.config import Config, ConfigError
 from isocache.errors import BadRequest
@@ -104,17 +107,38 @@ class Service:
             verifier=self.verifier,
             prewarm=self.prewarm,
         )
+        self.attachments = Attachments(catalog=self.catalog, resolver=resolver, store=self.store)
+        self.admin.attachments = self.attachments
+        self.prewarm.attachment_version = lambda attachment_id: self.attachments.version(
+            self.attachments.get(attachment_id)
+        )
+        attach_api = AttachmentApi(
+            attachments=self.attachments,
+            store=self.store,
+            prewarm=self.prewarm,
+            authorise=self.admin.authorise,
+            lookup=self._lookup,
+            image_pinned_sizes=self.admin.pinned_sizes,
+        )
+        # Every pin is known before anything can evict: run-time images, attachments, config.
         await self.admin.restore()
+        await self.attachments.restore()
         await self._restore_pins(resolver)
         await self.store.enforce_limit()
         await self.prewarm.resume()
+        await attach_api.resume()
         settings = FrontSettings(keepalive=config.server.keepalive, sendfile=config.server.sendfile)
         images = ImageHandlers(
-            self.catalog, resolver, reader, self.metrics, settings, self.verifier
+            self.catalog, resolver, reader, self.metrics, settings, self.verifier, self.attachments
         )
         levels = {"debug": logging.DEBUG, "info": logging.INFO, "off": None}
         app = build_app(
-            images, self.admin, self.metrics, self.prewarm, levels[config.server.access_log]
+            images,
+            self.admin,
+            self.metrics,
+            self.prewarm,
+            levels[config.server.access_log],
+            extra_routes=attach_api.routes(),
         )
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
@@ -135,7 +159,7 @@ class Service:
         assert self.catalog is not None
         images = self.catalog.images()
         for owner in self.store.pins():
-            if owner not in images:
+            if owner not in images and not owner.startswith(ATTACHMENT_PINS):
                 log.info("pin-released image=%s reason=image no longer defined", owner)
                 await self.store.unpin(owner)
         for name, ref in images.items():

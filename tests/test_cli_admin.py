@@ -56,14 +56,15 @@ async def test_prewarm_wait_status_evict_pin_verify(
     assert result.returncode == 0, result.stderr
     assert f"done {SIZE}/{SIZE} bytes" in result.stderr  # plain lines: not a terminal
     result = await cli("status", "--json", *server)
-    (image,) = json.loads(result.stdout)
+    (image,) = json.loads(result.stdout)["images"]
     assert image["cached_bytes"] == SIZE and image["size"] == SIZE
     result = await cli("status", *server)
     assert result.returncode == 0 and "NAME" in result.stdout and "100%" in result.stdout
     result = await cli("verify", "img", *server)
     assert result.returncode == 0 and json.loads(result.stdout)["chunks_ok"] == 21
     assert (await cli("pin", "img", *server)).returncode == 0
-    assert json.loads((await cli("status", "--json", *server)).stdout)[0]["pinned"] is True
+    status = json.loads((await cli("status", "--json", *server)).stdout)
+    assert status["images"][0]["pinned"] is True and status["attachments"] == []
     assert (await cli("unpin", "img", *server)).returncode == 0
     result = await cli("evict", "img", *server)
     assert result.returncode == 0 and "evicted 21 chunks" in result.stdout
@@ -84,3 +85,30 @@ async def test_errors_are_one_clear_line(proc: ProcessService) -> None:
     result = await cli("status", "--server", "http://127.0.0.1:9/")
     assert result.returncode != 0 and "cannot reach isocache" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_attach_wait_libvirt_status_detach(
+    proc: ProcessService, origin: OriginServer, client: aiohttp.ClientSession
+) -> None:
+    server = ["--server", proc.url]
+    result = await cli("attach", "img", "--wait", "--libvirt", *server)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    url = lines[0]
+    assert url.startswith(proc.url.rstrip("/") + "/v/")
+    path = url[len(proc.url.rstrip("/")) :]
+    assert f"<source protocol='http' name='{path}'>" in result.stdout
+    assert "<readonly/>" in result.stdout and "(ready)" in result.stderr
+    async with client.get(url) as resp:
+        assert resp.status == 200 and await resp.read() == generate_image(SIZE, seed=130)
+    status = json.loads((await cli("status", "--json", *server)).stdout)
+    (attachment,) = status["attachments"]
+    assert attachment["state"] == "ready" and attachment["url"] == url
+    table = (await cli("status", *server)).stdout
+    assert "ATTACHMENT" in table and attachment["id"] in table
+    result = await cli("detach", attachment["id"], *server)
+    assert result.returncode == 0 and f"detached {attachment['id']}" in result.stdout
+    result = await cli("detach", "nope", *server)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    result = await cli("attach", "nope", *server)
+    assert result.returncode == 1 and "nope" in result.stderr

@@ -70,6 +70,11 @@ async def test_real_responses_validate(
     await check("delete", "api/images/img/cache", "/api/images/{name}/cache", 200)
     await check("put", "api/images/two", "/api/images/{name}", 201, {"url": origin.url + "img.raw"})
     await check("delete", "api/images/two", "/api/images/{name}", 200)
+    attached = await check("post", "api/attachments", "/api/attachments", 201, {"image": "img"})
+    await check("get", "api/attachments", "/api/attachments", 200)
+    await check("get", f"api/attachments/{attached['id']}", "/api/attachments/{id}", 200)
+    await check("delete", f"api/attachments/{attached['id']}", "/api/attachments/{id}", 200)
+    await check("get", "api/attachments/nope", "/api/attachments/{id}", 404)
     await check("get", "api/prewarm/nope", "/api/prewarm/{id}", 404)
     await check("post", "api/prewarm", "/api/prewarm", 400, {"bogus": 1})
 

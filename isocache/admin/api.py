@@ -15,6 +15,7 @@ from aiohttp import web
 
 from isocache.admin.openapi import OPENAPI
 from isocache.admin.prewarm import PrewarmManager
+from isocache.attachments import Attachments
 from isocache.catalog import Catalog
 from isocache.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from isocache.image import ImageRef, ImageVersion
@@ -54,6 +55,7 @@ class AdminApi:
         self._store = store
         self._verifier = verifier
         self._prewarm = prewarm
+        self.attachments: Attachments | None = None  # set by the service: their pins count
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -92,7 +94,19 @@ class AdminApi:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _authorise(self, request: web.Request) -> None:
+    async def pinned_sizes(self) -> dict[str, int]:
+        """Identity -> size of the versions pinned by images (sizes as last known)."""
+        images = self._catalog.images()
+        sizes: dict[str, int] = {}
+        for owner, identity in self._store.pins().items():
+            ref = images.get(owner)
+            if ref is None or identity is None:
+                continue
+            known = await self._version(ref)
+            sizes[identity] = known.size if known is not None else 0
+        return sizes
+
+    def authorise(self, request: web.Request) -> None:
         if self._token is None:
             return
         header = request.headers.get("Authorization")
@@ -144,7 +158,7 @@ class AdminApi:
         return web.json_response(images)
 
     async def register(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         name = request.match_info["name"]
         if not _NAME.fullmatch(name):
             raise BadRequest("image names are letters, digits, '.', '_' and '-'")
@@ -174,7 +188,7 @@ class AdminApi:
         return web.json_response(await self._describe(ref), status=200 if existed else 201)
 
     async def unregister(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         name = request.match_info["name"]
         self._catalog.unregister(name)
         await self._store.delete_state(_IMAGES_STATE + name)
@@ -182,42 +196,46 @@ class AdminApi:
         return web.json_response({"name": name, "unregistered": True})
 
     async def evict(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         ref = self._image(request)
         version = await self._version(ref)
         dropped = 0
+        if (
+            version is not None
+            and self.attachments is not None
+            and version.identity in self.attachments.pinned_sizes()
+        ):
+            raise Conflict(f"{ref.name}'s cached version is attached to a VM; detach it first")
         if version is not None:
             dropped = await self._store.drop_image(version.identity)
             self._verifier.forget(version.identity)
         return web.json_response({"name": ref.name, "evicted_chunks": dropped})
 
     async def pin(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         ref = self._image(request)
         version = await self._resolver.resolve(ref)
-        images = self._catalog.images()
-        pinned = 0
-        for owner in self._store.pins():
-            other = images.get(owner)
-            if other is not None and owner != ref.name:
-                known = await self._version(other)
-                pinned += known.size if known else 0
-        if pinned + version.size > self._store.size_limit:
+        pinned = await self.pinned_sizes()
+        pinned.pop(version.identity, None)
+        if self.attachments is not None:
+            pinned.update(self.attachments.pinned_sizes())
+        total = sum(pinned.values())
+        if version.identity not in pinned and total + version.size > self._store.size_limit:
             raise Conflict(
-                f"pinning {ref.name} ({version.size} bytes) next to {pinned} pinned bytes "
+                f"pinning {ref.name} ({version.size} bytes) next to {total} pinned bytes "
                 f"would exceed cache.size_limit ({self._store.size_limit} bytes)"
             )
         await self._store.pin(ref.name or "", version.identity)
         return web.json_response(await self._describe(ref))
 
     async def unpin(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         ref = self._image(request)
         await self._store.unpin(ref.name or "")
         return web.json_response(await self._describe(ref))
 
     async def verify(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         ref = self._image(request)
         version = await self._resolver.resolve(ref)
         self._verifier.forget(version.identity)
@@ -231,7 +249,7 @@ class AdminApi:
         return web.json_response([job.view() for job in self._prewarm.jobs()])
 
     async def start_prewarm(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         body = await self._body(request)
         target: dict[str, str]
         if isinstance(body.get("image"), str) and "path" not in body:
@@ -258,7 +276,7 @@ class AdminApi:
         return web.json_response(job.view())
 
     async def cancel_job(self, request: web.Request) -> web.Response:
-        self._authorise(request)
+        self.authorise(request)
         job = await self._prewarm.cancel(request.match_info["id"])
         if job is None:
             raise NotFound("no such prewarm job")

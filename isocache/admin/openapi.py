@@ -41,6 +41,30 @@ _JOB = {
         "status_url": {"type": "string"},
     },
 }
+_ATTACHMENT = {
+    "type": "object",
+    "required": ["id", "url", "etag", "size", "cached_bytes", "state", "error", "created"],
+    "properties": {
+        "id": {"type": "string"},
+        "image": {"type": "string"},
+        "path": {"type": "string"},
+        "url": {"type": "string", "description": "serves exactly the attached version"},
+        "etag": {"type": "string"},
+        "size": {"type": "integer", "minimum": 0},
+        "cached_bytes": {"type": "integer", "minimum": 0},
+        "state": {"type": "string", "enum": ["prewarming", "ready", "incomplete", "detached"]},
+        "error": {"type": "string", "nullable": True},
+        "created": {"type": "string"},
+        "prewarm_job": {"type": "string", "nullable": True},
+    },
+}
+
+
+def _target_body(**extra: dict[str, str]) -> dict[str, Any]:
+    """A JSON body naming an image or an origin path: {"image": NAME} or {"path": ...}."""
+    properties = {"image": {"type": "string"}, "path": {"type": "string"}, **extra}
+    schema = {"type": "object", "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -169,27 +193,31 @@ OPENAPI: dict[str, Any] = {
                     )
                 },
                 security=_BEARER,
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "image": {"type": "string"},
-                                    "path": {"type": "string"},
-                                    "range": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
+                requestBody=_target_body(range={"type": "string"}),
             ),
         },
         "/api/prewarm/{id}": {
             "get": _op("A prewarm job", {"200": _json(_JOB)}, parameters=[_ID]),
             "delete": _op(
                 "Cancel a prewarm job", {"200": _json(_JOB)}, parameters=[_ID], security=_BEARER
+            ),
+        },
+        "/api/attachments": {
+            "get": _op("Attachments", {"200": _json({"type": "array", "items": _ATTACHMENT})}),
+            "post": _op(
+                "Attach an image's current version for a VM (pinned and prewarmed)",
+                {"201": _json(_ATTACHMENT)},
+                security=_BEARER,
+                requestBody=_target_body(),
+            ),
+        },
+        "/api/attachments/{id}": {
+            "get": _op("An attachment", {"200": _json(_ATTACHMENT)}, parameters=[_ID]),
+            "delete": _op(
+                "Detach: release the pin (the URL serves what is still cached, then 410)",
+                {"200": _json(_ATTACHMENT)},
+                parameters=[_ID],
+                security=_BEARER,
             ),
         },
     },

@@ -47,6 +47,7 @@ class PrewarmJob:
     started: float | None = None
     finished: float | None = None
     fetched: int = 0  # bytes this run fetched (for the rate), not persisted meaningfully
+    attachment: str | None = None  # prewarms an attachment's own version, not the current one
 
     def view(self) -> dict[str, Any]:
         rate = None
@@ -79,6 +80,7 @@ class PrewarmJob:
             "bytes_total": self.bytes_total,
             "error": self.error,
             "created": self.created,
+            "attachment": self.attachment,
         }
 
 
@@ -101,6 +103,8 @@ class PrewarmManager:
         self._filler = filler
         self._verifier = verifier
         self._parallel = max(1, parallel)
+        # Set by the service once attachments exist: the fixed version of an attachment.
+        self.attachment_version: Callable[[str], ImageVersion] | None = None
         self._jobs: dict[str, PrewarmJob] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
@@ -124,6 +128,16 @@ class PrewarmManager:
         if range_header is not None:
             parse_range(range_header, 2**62)  # syntax only; satisfiability needs the size
         job = PrewarmJob(secrets.token_hex(8), target, range_header)
+        self._jobs[job.id] = job
+        await self._save(job)
+        self._start(job)
+        return job
+
+    async def submit_attachment(self, attachment_id: str) -> PrewarmJob:
+        """Queue the prewarm of an attachment's version (whatever the origin has now)."""
+        job = PrewarmJob(
+            secrets.token_hex(8), {"attachment": attachment_id}, attachment=attachment_id
+        )
         self._jobs[job.id] = job
         await self._save(job)
         self._start(job)
@@ -211,7 +225,10 @@ class PrewarmManager:
                 log.warning("prewarm-prune-failed id=%s error=%s", job.id, exc)
 
     async def _fill(self, job: PrewarmJob) -> None:
-        version = await self._resolver.resolve(self._lookup(job.target))
+        if job.attachment is not None and self.attachment_version is not None:
+            version = self.attachment_version(job.attachment)
+        else:
+            version = await self._resolver.resolve(self._lookup(job.target))
         chunk_size = self._store.chunk_size
         ranges = parse_range(job.range, version.size) if job.range else None
         span = ranges[0] if ranges else ByteRange(0, version.size)
@@ -265,7 +282,8 @@ class PrewarmManager:
         kept = total - sum(version.chunk_length(i, chunk_size) for i in lost)
         limit = self._store.size_limit
         # Pinned bytes of other images: room that eviction cannot make.
-        pinned = self._store.pinned_bytes() - (kept if version.ref.pinned else 0)
+        own = version.identity in self._store.pinned_identities()
+        pinned = self._store.pinned_bytes() - (kept if own else 0)
         stats = await asyncio.to_thread(os.statvfs, self._store.directory)
         free = stats.f_bavail * stats.f_frsize
         if pinned + total > limit:

@@ -19,6 +19,7 @@ def build_app(
     metrics: Metrics,
     prewarm: PrewarmManager,
     access_log_level: int | None = None,
+    extra_routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
     middlewares = [error_middleware]
     if access_log_level is not None:
@@ -40,6 +41,7 @@ def build_app(
             web.get("/healthz", healthz),
             web.get("/metrics", metrics_page),
             *admin.routes(),
+            *(extra_routes or []),
             *images.routes(),
         ]
     )

@@ -19,9 +19,10 @@ from typing import BinaryIO
 
 from aiohttp import web
 
+from isocache.attachments import Attachments
 from isocache.catalog import Catalog
 from isocache.config import redact_url
-from isocache.errors import IsocacheError, MethodNotAllowed, OriginChanged
+from isocache.errors import Gone, IsocacheError, MethodNotAllowed, NotFound, OriginChanged
 from isocache.front.listing import serve_listing
 from isocache.image import ImageRef, ImageVersion
 from isocache.metrics import Metrics
@@ -54,7 +55,9 @@ class ImageHandlers:
         metrics: Metrics,
         settings: FrontSettings,
         verifier: Verifier,
+        attachments: Attachments | None = None,
     ) -> None:
+        self._attachments = attachments
         self._verifier = verifier
         self._catalog = catalog
         self._resolver = resolver
@@ -67,7 +70,28 @@ class ImageHandlers:
             web.route("*", "/images/{name}", self.image),
             web.route("*", "/origins/{origin}/{path:.*}", self.origin_file),
             web.route("*", "/origins/{origin}", self.origin_file),
+            web.route("*", "/v/{identity}", self.attached),
         ]
+
+    async def attached(self, request: web.Request) -> web.StreamResponse:
+        """An attachment's URL: exactly the attached version, never the origin's current one.
+        A chunk that cannot be read as that version any more is a 410, never other bytes."""
+        self._check_method(request)
+        attachment = None
+        if self._attachments is not None:
+            attachment = self._attachments.by_identity(request.match_info["identity"])
+        if attachment is None or self._attachments is None:
+            raise NotFound("no attachment serves this URL")
+        started = time.monotonic()
+        try:
+            return await self._respond(request, self._attachments.version(attachment))
+        except (OriginChanged, Gone) as exc:
+            self._metrics.attachment_gone.inc()
+            if isinstance(exc, OriginChanged):
+                await self._attachments.broken(attachment, exc)
+            raise Gone(self._attachments.gone_detail(attachment)) from None
+        finally:
+            self._metrics.request_seconds.labels(request.method).observe(time.monotonic() - started)
 
     async def image(self, request: web.Request) -> web.StreamResponse:
         self._check_method(request)
