@@ -128,3 +128,16 @@ async def test_serve_without_config_starts(tmp_path: Path, client: aiohttp.Clien
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 10)
     assert code == 0
+
+
+def test_uncreatable_state_directory_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("STATE_DIRECTORY", str(blocker / "state"))  # ENOTDIR, even as root
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    config = tmp_path / "c.toml"
+    config.write_text('[server]\nlisten = "127.0.0.1:0"\n[origins.local]\nurl = "file:local/"\n')
+    assert cli.main(["serve", "--config", str(config)]) == cli.EXIT_CONFIG
+    assert "origins.local.url: cannot create" in capsys.readouterr().err

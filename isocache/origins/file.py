@@ -35,7 +35,7 @@ from email.utils import formatdate
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from isocache.config import OriginConfig
+from isocache.config import ConfigError, OriginConfig
 from isocache.errors import (
     BadPath,
     Forbidden,
@@ -243,8 +243,13 @@ class FileOrigin:
         self.direct = not config.cache  # cache = false: the front sends from the file itself
         self._base_path = unquote(urlsplit(config.url).path)  # ends in "/"
         self._root = self._base_path.rstrip("/") or "/"
-        if config.create_dir:
-            os.makedirs(self._root, exist_ok=True)  # a local state directory, not a mount
+        if config.create_dir:  # a local state directory, never a mount point
+            try:
+                os.makedirs(self._root, exist_ok=True)
+            except OSError as exc:
+                key = f"origins.{config.name}.url"
+                message = f"cannot create {self._root}: {exc.strerror}"
+                raise ConfigError("state directory", key, message) from None
         self._timeout = limits.read_timeout
         self._pool = _Pool(config.threads, f"file-{config.name}")
 
