@@ -1,4 +1,4 @@
-"""Command line: `isocache serve --config FILE`, and admin commands that talk to a running
+"""Command line: `isocache serve [--config FILE]`, and admin commands that talk to a running
 service: prewarm, status, evict, pin, unpin, verify, register.
 
 A bad config exits with status 2 and one line naming the file and the dotted key; an admin
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sys
 
 from isocache import __version__
-from isocache.config import ConfigError, load_config
+from isocache.config import Config, ConfigError, load_config, parse_config
 
 EXIT_CONFIG = 2
 
@@ -25,7 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"isocache {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the caching proxy")
-    serve.add_argument("--config", "-c", required=True, help="path of the TOML config file")
+    serve.add_argument(
+        "--config", "-c", help="path of the TOML config file (default: no origins, loopback)"
+    )
+    serve.add_argument("--listen", help="HOST:PORT to listen on, overriding [server] listen")
 
     def admin(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
@@ -148,11 +152,25 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_config(args: argparse.Namespace) -> Config:
+    """The config file's, or safe defaults without one (loopback, cache under XDG), with
+    --listen applied."""
+    if args.config is not None:
+        config = load_config(args.config)
+    else:
+        config = parse_config({}, "(no --config)")
+    if args.listen is not None:
+        listen = parse_config({"server": {"listen": args.listen}}, "--listen").server
+        server = dataclasses.replace(config.server, host=listen.host, port=listen.port)
+        config = dataclasses.replace(config, server=server)
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         try:
-            config = load_config(args.config)
+            config = _serve_config(args)
         except ConfigError as exc:
             print(f"isocache: config error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
@@ -161,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
             stream=sys.stderr,
         )
+        if args.config is None:
+            logging.getLogger("isocache").warning(
+                "no-config: serving no origins, cache in %s. To add an origin, start from "
+                'config.example.toml: [origins.NAME] url = "https://host/isos/" or '
+                '"file:///srv/isos/", then isocache serve --config FILE',
+                config.cache.dir,
+            )
         from isocache.service import run
 
         try:

@@ -14,13 +14,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from isocache.units import MiB, parse_duration, parse_size
 from isocache.urls import is_under, path_problem
 from isocache.urls import redact_url as redact_url  # its old home: imported from here too
 
-SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3"})
+SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3", "file"})
 _ADDRESSING = ("path", "virtual")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -110,6 +110,12 @@ class OriginConfig:
     # What tells versions apart besides the size: "auto", the origin's ETag or Last-Modified
     # (nothing when it sends neither); "content", also a digest of the file's first 64 KiB.
     validate: str = "auto"
+    # file: false serves straight from the file (sendfile), nothing stored in the cache;
+    # `threads` bounds the blocking calls in flight; `create_dir` is set for a tree under the
+    # state directory ("file:NAME/"), which is made at start if missing.
+    cache: bool = True
+    threads: int = 8
+    create_dir: bool = False
 
     @property
     def scheme(self) -> str:
@@ -139,6 +145,19 @@ class Config:
 
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "isocache"
+
+
+def default_state_dir() -> Path:
+    """Where relative file origins ("file:NAME/") live: systemd's StateDirectory=, else
+    $XDG_STATE_HOME/isocache, else ~/.local/state/isocache. Never under the cache
+    directory: diskcache deletes files there that it does not know."""
+    systemd = os.environ.get("STATE_DIRECTORY")
+    if systemd:
+        return Path(systemd.split(":")[0])
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
     return Path(base) / "isocache"
 
 
@@ -352,7 +371,10 @@ def _url(table: _Table, *, origin: bool) -> str:
         raise table.error(
             "url", f"unsupported scheme {parts.scheme!r} (expected one of {expected})"
         )
-    if not parts.hostname:
+    if parts.scheme.lower() == "file":
+        if parts.netloc:
+            raise table.error("url", f"a file URL has no host: file:///path, not {shown!r}")
+    elif not parts.hostname:
         raise table.error("url", f"URL {shown!r} has no host")
     if parts.fragment:
         raise table.error("url", "a URL must not have a fragment")
@@ -372,7 +394,9 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     validate = table.choice("validate", "auto", _VALIDATE)
     config = OriginConfig(name, url)
     kind = table.choice("kind", "http", ("http", "glance"))
-    if kind == "glance":
+    if scheme == "file" and kind == "http":
+        config = _file(name, url, table)
+    elif kind == "glance":
         config = _glance(name, url, table, base_dir)
     elif scheme in ("ftp", "ftps"):
         password = table.get("password", str, "a string")
@@ -409,6 +433,21 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
         )
     table.finish()
     return dataclasses.replace(config, ca_file=ca_file, validate=validate)
+
+
+def _file(name: str, url: str, table: _Table) -> OriginConfig:
+    path = urlsplit(url).path
+    create = not path.startswith("/")
+    if create:  # "file:NAME/": a tree under the state directory, made if missing
+        state = default_state_dir().resolve()
+        url = "file://" + quote(str(state)) + "/" + path
+    return OriginConfig(
+        name,
+        url,
+        cache=table.get("cache", bool, "true or false", True),
+        threads=table.integer("threads", 8, 1, 256),
+        create_dir=create,
+    )
 
 
 def _ca_file(table: _Table, base_dir: Path | None) -> str | None:

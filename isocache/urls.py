@@ -63,14 +63,17 @@ def _split(url: str) -> tuple[SplitResult | None, str | None]:
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
         return None, "an unparsable URL"
-    if not parts.scheme or not parts.hostname:
+    # file:///path is the one kind without a host (and must have none).
+    hostless = parts.scheme.lower() == "file" and not parts.netloc
+    if not parts.scheme or not (parts.hostname or hostless):
         return None, "a URL without a scheme or host"
     # The client library must read the same host and path as this check does.
     try:
         sent = URL(url, encoded=True)
     except ValueError:
         return None, "an unparsable URL"
-    if (sent.raw_host or "").lower() != parts.hostname or sent.raw_path not in (parts.path, "/"):
+    host = parts.hostname or ""
+    if (sent.raw_host or "").lower() != host or sent.raw_path not in (parts.path, "/"):
         return None, "an ambiguous URL"
     if sent.raw_path == "/" and parts.path not in ("", "/"):
         return None, "an ambiguous URL"

@@ -16,11 +16,10 @@ def test_example_config_loads() -> None:
     config = load_config(ROOT / "config.example.toml")
     assert config.server.port == 8080 and config.server.host == "127.0.0.1"
     assert config.cache.size_limit == 20 * GiB and config.cache.chunk_size == MiB
-    assert config.origins["mirror"].url == "https://mirror.example.org/isos/"
+    assert config.origins["alpine"].url == "https://dl-cdn.alpinelinux.org/alpine/"
     assert config.images["alpine"].sha256 is not None
-    assert config.origins["ftpmirror"].scheme == "ftp"
-    assert config.origins["bucket"].addressing == "path"
-    assert config.origins["glance"].kind == "glance"
+    assert config.origins["local"].scheme == "file"
+    # The commented-out kinds (ftpmirror, bucket, glance): tests/test_out_of_box.py
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from isocache.errors import Gone, IsocacheError, MethodNotAllowed, NotFound, Ori
 from isocache.front.listing import serve_listing
 from isocache.image import ImageRef, ImageVersion
 from isocache.metrics import Metrics
+from isocache.origins.file import FileOrigin
 from isocache.ranges import ByteRange, if_range_allows, multipart_layout, parse_range
 from isocache.reader import Piece, Reader
 from isocache.request_stats import current_stats
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 GATHER_LIMIT = 8 * MiB
 _CONTENT_TYPE = "application/octet-stream"
 _BUFFERED_PIECE = 256 * 1024
+_DIRECT_PIECE = MiB  # cache = false: the file's version is checked after each
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,9 @@ class ImageHandlers:
         if request.method == "HEAD":
             await response.prepare(request)
             return response
+        origin = version.ref.origin
+        if isinstance(origin, FileOrigin) and origin.direct:
+            return await self._send_direct(request, response, version, origin, ranges, framing)
         total = sum(r.length for r in ranges)
         if total <= GATHER_LIMIT:
             chunks = await self._reader.gather(version, ranges)
@@ -215,6 +220,47 @@ class ImageHandlers:
             return response
         except ConnectionError:
             return response
+        await response.write_eof()
+        return response
+
+    async def _send_direct(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        version: ImageVersion,
+        origin: FileOrigin,
+        ranges: Sequence[ByteRange],
+        framing: list[bytes] | None,
+    ) -> web.StreamResponse:
+        """cache = false: the bytes go from the origin's file to the socket (sendfile) and
+        nothing is stored. The file is opened and its version checked before the status
+        line (a change is then a clean retry from the new version); after each piece it is
+        checked again, and a change aborts the connection. What sendfile already sent of an
+        in-place rewrite cannot be taken back: trees served this way are updated by rename."""
+        fd = await origin.open_version(version.ref.url, version.meta)
+        # Wrapping an open descriptor does no I/O.
+        with open(fd, "rb", buffering=0) as source:  # noqa: ASYNC230
+            try:
+                await response.prepare(request)
+                for number, rng in enumerate(ranges):
+                    if framing:
+                        await response.write(framing[number])
+                    for start in range(rng.start, rng.stop, _DIRECT_PIECE):
+                        length = min(_DIRECT_PIECE, rng.stop - start)
+                        await self._send_piece(request, response, Piece(source, start, length))
+                        if not await origin.still(fd, version.meta):
+                            raise OriginChanged("the file changed while being sent")
+                if framing:
+                    await response.write(framing[-1])
+            except IsocacheError as exc:
+                log.warning(
+                    "response-aborted url=%s error=%s", redact_url(version.ref.url), exc.detail
+                )
+                if request.transport is not None:
+                    request.transport.abort()
+                return response
+            except ConnectionError:
+                return response
         await response.write_eof()
         return response
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from isocache.config import Config
 from isocache.origins.base import FetchLimits, Origin
+from isocache.origins.file import FileOrigin
 from isocache.origins.ftp import FtpOrigin
 from isocache.origins.glance import GlanceOrigin
 from isocache.origins.http import HttpOrigin
@@ -33,6 +34,8 @@ class Backends:
                 backend = FtpOrigin(origin, limits)
             elif origin.scheme == "s3":
                 backend = S3Origin(origin, limits)
+            elif origin.scheme == "file":
+                backend = FileOrigin(origin, limits)
             elif origin.ca_file:  # its own trust, so its own pool
                 backend = HttpOrigin(is_allowed=is_allowed, limits=limits, ca_file=origin.ca_file)
             else:
@@ -40,6 +43,9 @@ class Backends:
             if backend is not self.http:
                 self._backends.append(backend)
             self._by_origin[name] = ValidatedOrigin(backend, name, origin.validate)
+            if isinstance(backend, FileOrigin) and backend.direct:
+                # cache = false: the front sends from the file itself, and must see that.
+                self._by_origin[name] = backend
         # Catalog images outside every origin: labelled as in the metrics.
         self._outside = ValidatedOrigin(self.http, "images")
 
