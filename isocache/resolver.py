@@ -141,9 +141,10 @@ class Resolver:
                         persisted.identity,
                         version.identity,
                     )
-                    # An attachment (or an image pin not yet moved) may still hold it.
-                    if persisted.identity not in self._store.pinned_identities():
-                        await self._store.drop_image(persisted.identity)
+                    # Not dropped: a response that resolved the old version just before
+                    # (stale-while-revalidate) may still be reading it, and an attachment
+                    # may hold it. Its chunks are evicted first instead.
+                    self._store.demote(persisted.identity)
                 await self._store.save_meta(ref.url, _meta_record(version), version.identity)
         if ref.name is not None and self._store.is_pinned(ref.name):
             # The pin follows the image to its new version; the old one is released.

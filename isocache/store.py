@@ -506,6 +506,13 @@ class ChunkStore:
         log.warning("store-drop-chunk key=%s reason=%s", key, reason)
         await self._run(self._delete_blocking, [key])
 
+    def demote(self, identity: str) -> None:
+        """Make an image version's chunks the first to be evicted (an outdated version that
+        responses in progress may still read). Scans the index."""
+        prefix = identity + ":"
+        for key in [key for key in self._index if key.startswith(prefix)]:
+            self._index.move_to_end(key, last=False)
+
     async def drop_image(self, identity: str) -> int:
         """Remove every chunk of one image version; returns the number of chunks removed."""
         prefix = identity + ":"
