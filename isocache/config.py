@@ -64,6 +64,19 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """The hosts of a site that share fills: every member's config lists the same members."""
+
+    members: tuple[str, ...] = ()  # base URLs, e.g. "http://10.0.0.11:8080"
+    advertise: str | None = None  # which member this host is
+    token: str | None = None  # peer requests carry it as a bearer token when set
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.members) > 1
+
+
+@dataclass(frozen=True)
 class FetchConfig:
     connect_timeout: float = 3.0
     read_timeout: float = 4.0
@@ -141,6 +154,7 @@ class Config:
     fetch: FetchConfig = field(default_factory=FetchConfig)
     origins: dict[str, OriginConfig] = field(default_factory=dict)
     images: dict[str, ImageConfig] = field(default_factory=dict)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 def default_cache_dir() -> Path:
@@ -247,12 +261,13 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path | None = None
     root = _Table(source, "", data)
     root.prefix = ""
     for key in data:
-        if key not in ("server", "cache", "admin", "fetch", "origins", "images"):
+        if key not in ("server", "cache", "admin", "fetch", "origins", "images", "cluster"):
             raise ConfigError(source, key, "unknown table")
     server = _server(_Table(source, "server", data.get("server", {})))
     cache = _cache(_Table(source, "cache", data.get("cache", {})), base_dir)
     admin = _admin(_Table(source, "admin", data.get("admin", {})), base_dir)
     fetch = _fetch(_Table(source, "fetch", data.get("fetch", {})))
+    cluster = _cluster(_Table(source, "cluster", data.get("cluster", {})), base_dir)
     origins = {
         name: _origin(name, table, base_dir)
         for name, table in _named_tables(source, "origins", data.get("origins", {}))
@@ -280,7 +295,7 @@ def parse_config(data: dict[str, Any], source: str, base_dir: Path | None = None
                 f"images.{name}.url",
                 f"{scheme} images must lie under a configured origin, which holds the credentials",
             )
-    return Config(source, server, cache, admin, fetch, origins, images)
+    return Config(source, server, cache, admin, fetch, origins, images, cluster)
 
 
 def _server(table: _Table) -> ServerConfig:
@@ -330,6 +345,46 @@ def _admin(table: _Table, base_dir: Path | None) -> AdminConfig:
     if token is not None and not token:
         raise table.error("token", "must not be empty")
     return AdminConfig(token)
+
+
+def _member_url(table: _Table, key: str, text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise table.error(key, f"{text!r} is not an http(s) base URL like http://10.0.0.11:8080")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        raise table.error(key, f"{text!r}: give scheme, host and port only")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+def _cluster(table: _Table, base_dir: Path | None) -> ClusterConfig:
+    members = table.get("members", list, "a list of member URLs", [])
+    advertise = table.get("advertise", str, "this host's member URL")
+    token = table.get("token", str, "a string")
+    token_file = table.get("token_file", str, "a path")
+    table.finish()
+    urls = []
+    for text in members:
+        if not isinstance(text, str):
+            raise table.error("members", "every member must be a URL string")
+        urls.append(_member_url(table, "members", text))
+    if len(set(urls)) != len(urls):
+        raise table.error("members", "a member is listed twice")
+    if token is not None and token_file is not None:
+        raise table.error("token_file", "set token or token_file, not both")
+    if token_file is not None:
+        token = _read_secret(table, "token_file", token_file, base_dir)
+    if token is not None and not token:
+        raise table.error("token", "must not be empty")
+    if not urls:
+        if advertise is not None:
+            raise table.error("advertise", "needs members")
+        return ClusterConfig(token=token)
+    if advertise is None:
+        raise table.error("advertise", "say which of the members this host is")
+    me = _member_url(table, "advertise", advertise)
+    if me not in urls:
+        raise table.error("advertise", f"{advertise!r} is not one of the members")
+    return ClusterConfig(tuple(urls), me, token)
 
 
 def _fetch(table: _Table) -> FetchConfig:

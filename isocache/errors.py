@@ -10,6 +10,7 @@
     ├── MethodNotAllowed (405)
     ├── Conflict (409)               e.g. pinning more than fits in size_limit
     ├── Gone (410)                   an attachment's version can no longer be read
+    ├── PreconditionFailed (412)     a peer asked for a version this host does not have
     ├── RangeNotSatisfiable (416)    carries the resource size for Content-Range: bytes */SIZE
     ├── OriginError (502)            anything an origin did wrong
     │   ├── OriginUnavailable (502)  connection refused, reset, DNS, 5xx after retries
@@ -61,6 +62,11 @@ class Conflict(IsocacheError):
 class Gone(IsocacheError):
     status = 410
     error = "attachment_gone"
+
+
+class PreconditionFailed(IsocacheError):
+    status = 412
+    error = "precondition_failed"
 
 
 class NotFound(IsocacheError):

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from isocache.cluster import Cluster
 from isocache.errors import IsocacheError, OriginError, StoreError
 from isocache.image import ImageVersion
 from isocache.metrics import Metrics
@@ -95,8 +96,10 @@ class Filler:
         max_connections: int,
         max_per_image: int,
         on_stored: Callable[[ImageVersion], None] | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
         self._store = store
+        self._cluster = cluster
         self._on_stored = on_stored
         self._metrics = metrics
         self._chunk_size = store.chunk_size
@@ -173,7 +176,16 @@ class Filler:
             and self._store.key(version.identity, i) not in self._unstored
         }
         loop = asyncio.get_running_loop()
-        for first, length in _runs(wanted, max_run):
+        runs: list[tuple[int, int, str | None]] = [
+            piece
+            for first, length in _runs(wanted, max_run)
+            for piece in (
+                self._cluster.split(version.identity, first, length)
+                if self._cluster is not None
+                else [(first, length, None)]
+            )
+        ]
+        for first, length, member in runs:
             futures = []
             promotion = asyncio.Event() if background else None
             for index in range(first, first + length):
@@ -186,7 +198,8 @@ class Filler:
                     self._promotions[key] = promotion
                 futures.append(future)
             task = asyncio.create_task(
-                self._fill(version, first, futures, promotion), name=f"fill-{first}+{length}"
+                self._fill(version, first, futures, promotion, member),
+                name=f"fill-{first}+{length}",
             )
             for index in range(first, first + length):
                 self._fill_tasks[self._store.key(version.identity, index)] = task
@@ -292,7 +305,10 @@ class Filler:
         first: int,
         futures: Sequence[asyncio.Future[bytes]],
         promotion: asyncio.Event | None,
+        member: str | None = None,
     ) -> None:
+        """Fetch one run: from the origin, or from the cluster `member` that owns it (which
+        falls back to the origin itself and counts its bytes)."""
         ref = version.ref
         size = self._chunk_size
         offset = first * size
@@ -304,8 +320,13 @@ class Filler:
                 started = time.monotonic()
                 pieces = _Pieces()
                 origin_bytes = self._metrics.origin_bytes.labels(ref.origin_label)
-                async for data in ref.origin.read(ref.url, version.meta, offset, length):
-                    origin_bytes.inc(len(data))
+                if member is not None and self._cluster is not None:
+                    source = self._cluster.read(member, version, offset, length)
+                else:
+                    source = ref.origin.read(ref.url, version.meta, offset, length)
+                async for data in source:
+                    if member is None:
+                        origin_bytes.inc(len(data))
                     pieces.add(data)
                     while delivered < len(futures):
                         index = first + delivered

@@ -82,6 +82,27 @@ class Metrics:
             "origin no longer has the attached version (or the attachment was detached)",
             registry=r,
         )
+        self.peer_bytes = Counter(
+            "isocache_peer_bytes",
+            "Body bytes received from cluster members (chunks they own)",
+            ["member"],
+            registry=r,
+        )
+        self.peer_served_bytes = Counter(
+            "isocache_peer_served_bytes", "Body bytes served to cluster members", registry=r
+        )
+        self.peer_errors = Counter(
+            "isocache_peer_errors",
+            "Failed reads from cluster members (each marks the member down for a back-off)",
+            ["member", "kind"],
+            registry=r,
+        )
+        self.peer_up = Gauge(
+            "isocache_peer_up",
+            "1 while a cluster member is used, 0 while marked down",
+            ["member"],
+            registry=r,
+        )
         self.stale_serves = Counter(
             "isocache_stale_if_error",
             "Times a cached version was served because the origin could not be reached",

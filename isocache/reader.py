@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from isocache.cluster import SERVING_PEER
 from isocache.fill import Filler
 from isocache.image import ImageVersion
 from isocache.lru import LruDict
@@ -198,7 +199,8 @@ class Reader:
         (or a quarter of the earlier read, for small reads). A lone read, or the same range read
         again, is not sequential and triggers nothing.
         """
-        if self._readahead_chunks <= 0 or not ranges:
+        if self._readahead_chunks <= 0 or not ranges or SERVING_PEER.get():
+            # A member reading from this owner reads ahead itself, by ownership.
             return
         recent = self._recent.setdefault(version.identity, collections.deque(maxlen=_RECENT_READS))
         start, stop = ranges[0].start, ranges[-1].stop

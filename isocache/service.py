@@ -17,13 +17,17 @@ from isocache.admin.prewarm import PrewarmManager
 from isocache.attachments import PIN_PREFIX as ATTACHMENT_PINS
 from isocache.attachments import Attachments
 from isocache.catalog import IMAGES_LABEL, Catalog
+from isocache.cluster import Cluster
 from isocache.config import Config, ConfigError
 from isocache.errors import BadRequest
 from isocache.fill import Filler
 from isocache.front.app import build_app
 from isocache.front.images import FrontSettings, ImageHandlers
+from isocache.front.peer import PeerHandlers
 from isocache.image import ImageRef
 from isocache.metrics import Metrics
+from isocache.origins.base import FetchLimits
+from isocache.origins.peer import PeerClient
 from isocache.origins.registry import Backends
 from isocache.reader import Reader
 from isocache.resolver import Resolver
@@ -55,6 +59,7 @@ class Service:
         self.prewarm: PrewarmManager | None = None
         self.verifier = Verifier(self.store)
         self._runner: web.AppRunner | None = None
+        self._peer_client: PeerClient | None = None
         self.host = config.server.host
         self.port = config.server.port
 
@@ -77,12 +82,29 @@ class Service:
         self.resolver = resolver = Resolver(
             self.store, self.metrics, revalidate=config.cache.revalidate
         )
+        self.cluster: Cluster | None = None
+        if config.cluster.enabled:
+            assert config.cluster.advertise is not None
+            fetch = config.fetch
+            limits = FetchLimits(
+                fetch.connect_timeout, fetch.read_timeout, fetch.retries, fetch.max_connections
+            )
+            self._peer_client = PeerClient(
+                token=config.cluster.token, limits=limits, advertise=config.cluster.advertise
+            )
+            self.cluster = Cluster(
+                config.cluster,
+                self._peer_client,
+                self.metrics,
+                chunk_size=config.cache.chunk_size,
+            )
         self.filler = Filler(
             self.store,
             self.metrics,
             max_connections=config.fetch.max_connections,
             max_per_image=config.fetch.max_connections_per_image,
             on_stored=self.verifier.chunk_stored,
+            cluster=self.cluster,
         )
         self.reader = reader = Reader(
             self.store,
@@ -131,6 +153,15 @@ class Service:
         images = ImageHandlers(
             self.catalog, resolver, reader, self.metrics, settings, self.verifier, self.attachments
         )
+        peer_routes: list[web.RouteDef] = []
+        if self.cluster is not None:
+            peer_routes = PeerHandlers(
+                token=config.cluster.token,
+                catalog=self.catalog,
+                resolver=resolver,
+                images=images,
+                metrics=self.metrics,
+            ).routes()
         levels = {"debug": logging.DEBUG, "info": logging.INFO, "off": None}
         app = build_app(
             images,
@@ -138,7 +169,7 @@ class Service:
             self.metrics,
             self.prewarm,
             levels[config.server.access_log],
-            extra_routes=attach_api.routes(),
+            extra_routes=[*attach_api.routes(), *peer_routes],
         )
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
@@ -192,6 +223,8 @@ class Service:
         await self.verifier.close()
         if self._backends is not None:
             await self._backends.close()
+        if self._peer_client is not None:
+            await self._peer_client.close()
         await self.store.close()
         log.info("stopped")
 

@@ -142,6 +142,10 @@ class ImageHandlers:
         finally:
             self._metrics.request_seconds.labels(request.method).observe(time.monotonic() - started)
 
+    async def respond(self, request: web.Request, version: ImageVersion) -> web.StreamResponse:
+        """Answer a HEAD or GET (with its Range) from exactly `version`."""
+        return await self._respond(request, version)
+
     async def _respond(self, request: web.Request, version: ImageVersion) -> web.StreamResponse:
         size = version.size
         headers = {
