@@ -13,6 +13,7 @@ from isocache.origins.ftp import FtpOrigin
 from isocache.origins.glance import GlanceOrigin
 from isocache.origins.http import HttpOrigin
 from isocache.origins.s3 import S3Origin
+from isocache.origins.sftp import SftpOrigin
 from isocache.origins.validate import ValidatedOrigin
 
 
@@ -29,6 +30,8 @@ class Backends:
             backend: Origin
             if origin.kind == "glance":
                 backend = GlanceOrigin(origin, limits)
+            elif origin.scheme == "sftp":
+                backend = SftpOrigin(origin, limits)
             elif origin.scheme in ("ftp", "ftps"):
                 backend = FtpOrigin(origin, limits)
             elif origin.scheme == "s3":
