@@ -20,7 +20,7 @@ from isocache.units import MiB, parse_duration, parse_size
 from isocache.urls import is_under, path_problem
 from isocache.urls import redact_url as redact_url  # its old home: imported from here too
 
-SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3", "sftp"})
+SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3", "sftp", "swift"})
 _ADDRESSING = ("path", "virtual")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -380,6 +380,8 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     # A Swift origin's `url` is its storage URL: the tree is swift://NAME/PREFIX/.
     url = _swift_url(name, table) if kind == "swift" else _url(table, origin=True)
     scheme = urlsplit(url).scheme.lower()
+    if scheme == "swift" and kind != "swift":
+        raise table.error("url", 'a Swift origin is kind = "swift" with container and auth_url')
     ca_file = _ca_file(table, base_dir)
     validate = table.choice("validate", "auto", _VALIDATE)
     config = OriginConfig(name, url)

@@ -359,3 +359,42 @@ async def test_unknown_objects_and_escaping_paths(
     for path in ("..%2F" + prefix + "-secret/x.iso", "%2e%2e/" + prefix + "-secret/x.iso"):
         async with client.get(URL(base + path, encoded=True)) as resp:
             assert resp.status == 400 and (await resp.json())["error"] == "bad_path"
+
+
+@pytest.mark.parametrize(
+    ("keys", "key", "message"),
+    [
+        ({"container": ""}, "container", "required"),
+        ({"auth_url": "https://keystone.example.org/v2.0"}, "auth_url", "Keystone v3"),
+        ({"password": ""}, "password", "needs a password"),
+        ({"url": "ftp://x/"}, "url", "http:// or https://"),
+        ({"prefix": "a/../b"}, "prefix", "refused"),
+    ],
+)
+def test_config_errors_name_the_key(keys: dict[str, str], key: str, message: str) -> None:
+    from isocache.config import ConfigError, parse_config_text
+
+    values = {
+        "kind": "swift",
+        "auth_url": "https://swift.example.org/auth/v1.0",
+        "username": "test:tester",
+        "password": "k",
+        "container": "isos",
+        **keys,
+    }
+    table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items() if v)
+    with pytest.raises(ConfigError) as caught:
+        parse_config_text(f"[origins.s]\n{table}\n", source="t.toml")
+    assert caught.value.key == f"origins.s.{key}" and message in caught.value.message
+
+
+def test_swift_images_lie_under_the_origin() -> None:
+    from isocache.config import parse_config_text
+
+    config = parse_config_text(
+        "[origins.sw]\nkind = 'swift'\nauth_url = 'https://s/auth/v1.0'\nusername = 'a:b'\n"
+        "password = 'k'\ncontainer = 'isos'\nprefix = '/rel/'\n"
+        "[images.x]\nurl = 'swift://sw/rel/x.iso'\n"
+    )
+    assert config.origins["sw"].url == "swift://sw/rel/"
+    assert config.images["x"].url == "swift://sw/rel/x.iso"

@@ -233,7 +233,10 @@ class SftpOrigin:
             ) from exc
         except TimeoutError as exc:
             raise OriginTimeout(f"timed out talking to {self._label}") from exc
-        except (asyncssh.Error, OSError, ConnectionError, asyncssh.KeyImportError) as exc:
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as exc:
+            # A definite answer: retrying cannot make the key usable.
+            raise OriginError(f"cannot use the private_key_file of {self._label}") from exc
+        except (asyncssh.Error, OSError, ConnectionError) as exc:
             # DisconnectError, ConnectionLost, ChannelOpenError; refused or reset connections.
             raise OriginUnavailable(
                 f"connection to {self._label} failed: {type(exc).__name__}"
