@@ -37,7 +37,7 @@ class Setup:
     relay: Relay
     isos: Path
 
-    def origin(self, **keys: str) -> str:
+    def origin(self, **keys: str | int) -> str:
         """The [origins.sftp] table through the relay; `keys` override the defaults."""
         values = {
             "url": f"sftp://{self.sshd.user}@127.0.0.1:{self.relay.port}{self.isos}/",
@@ -45,7 +45,7 @@ class Setup:
             "known_hosts": str(self.sshd.known_hosts),
             **keys,
         }
-        lines = [f"{key} = {json.dumps(value)}" for key, value in values.items() if value]
+        lines = [f"{key} = {json.dumps(value)}" for key, value in values.items() if value != ""]
         return "[origins.sftp]\n" + "\n".join(lines) + "\n"
 
 
@@ -95,7 +95,7 @@ async def test_eight_cold_readers_fetch_the_image_once(
     size = 8 * MiB + 777
     data = generate_image(size, seed=122)
     (sftp.isos / "big.iso").write_bytes(data)
-    service = await sftp_service(make_service, sftp)
+    service = await sftp_service(make_service, sftp, origin={"max_sessions": 2})
     url = service.url + "origins/sftp/big.iso"
     results = await asyncio.gather(*(fetch(client, url) for _ in range(8)))
     assert [(status, body == data) for status, _, body in results] == [(200, True)] * 8
@@ -105,6 +105,7 @@ async def test_eight_cold_readers_fetch_the_image_once(
     assert fetched is not None and size <= fetched <= 1.05 * size
     # On the wire, SSH framing and logins included, sshd sent the image about once.
     assert size <= sftp.relay.bytes_down <= 1.05 * size
+    assert sftp.relay.connections <= 2  # max_sessions bounds the SSH connections
 
 
 async def test_a_session_dropped_mid_read_resumes(
