@@ -14,13 +14,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from isocache.units import MiB, parse_duration, parse_size
 from isocache.urls import is_under, path_problem
 from isocache.urls import redact_url as redact_url  # its old home: imported from here too
 
-SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3", "file"})
+SUPPORTED_SCHEMES = frozenset({"http", "https", "ftp", "ftps", "s3", "file", "sftp", "swift"})
 _ADDRESSING = ("path", "virtual")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -28,6 +28,8 @@ _LISTEN = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]+)):([0-9]{1,5})")
 _KEEPALIVE = ("auto", "always", "never")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _VALIDATE = ("auto", "content")
+# Characters a Swift prefix keeps unescaped in its swift:// URL (as Catalog does for paths).
+_PREFIX_SAFE = "/!$&'()*+,;=:@~-._"
 
 
 class ConfigError(Exception):
@@ -129,6 +131,14 @@ class OriginConfig:
     cache: bool = True
     threads: int = 8
     create_dir: bool = False
+    # SFTP: a private key (else the password) and the known_hosts file the server's host key
+    # must be in (required: an unknown or changed key is refused, never learned).
+    private_key_file: str | None = None
+    known_hosts: str | None = None
+    # Swift (url is then swift://NAME/PREFIX/): the container, and the storage URL that
+    # overrides the one TempAuth or Keystone's catalog gives.
+    container: str | None = None
+    storage_url: str | None = None
 
     @property
     def scheme(self) -> str:
@@ -443,16 +453,23 @@ def _url(table: _Table, *, origin: bool) -> str:
 
 
 def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
-    url = _url(table, origin=True)
+    kind = table.choice("kind", "http", ("http", "glance", "swift"))
+    # A Swift origin's `url` is its storage URL: the tree is swift://NAME/PREFIX/.
+    url = _swift_url(name, table) if kind == "swift" else _url(table, origin=True)
     scheme = urlsplit(url).scheme.lower()
+    if scheme == "swift" and kind != "swift":
+        raise table.error("url", 'a Swift origin is kind = "swift" with container and auth_url')
     ca_file = _ca_file(table, base_dir)
     validate = table.choice("validate", "auto", _VALIDATE)
     config = OriginConfig(name, url)
-    kind = table.choice("kind", "http", ("http", "glance"))
     if scheme == "file" and kind == "http":
         config = _file(name, url, table)
     elif kind == "glance":
         config = _glance(name, url, table, base_dir)
+    elif kind == "swift":
+        config = _swift(name, url, table, base_dir)
+    elif scheme == "sftp":
+        config = _sftp(name, url, table, base_dir)
     elif scheme in ("ftp", "ftps"):
         password = table.get("password", str, "a string")
         password_file = table.get("password_file", str, "a path")
@@ -522,6 +539,20 @@ def _ca_file(table: _Table, base_dir: Path | None) -> str | None:
 def _glance(name: str, url: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     if urlsplit(url).scheme.lower() not in ("http", "https"):
         raise table.error("url", "a Glance endpoint is an http:// or https:// URL")
+    config = OriginConfig(name, url, kind="glance", **_keystone(table, base_dir))
+    with_password = config.username is not None and config.password is not None
+    with_app = config.application_credential_id and config.application_credential_secret
+    if not (with_password or with_app):
+        raise table.error(
+            "password",
+            "Glance needs username and password, or application_credential_id and _secret",
+        )
+    return config
+
+
+def _keystone(table: _Table, base_dir: Path | None) -> dict[str, Any]:
+    """The OpenStack credentials (Glance, Swift) as OriginConfig fields: the keys, else the
+    `cloud`'s entry in clouds.yaml."""
     cloud = _cloud_auth(table, table.get("cloud", str, "a cloud name from clouds.yaml"))
     auth_url = table.get("auth_url", str, "a URL string") or cloud.get("auth_url")
     if auth_url is None or urlsplit(auth_url).scheme not in ("http", "https"):
@@ -540,27 +571,109 @@ def _glance(name: str, url: str, table: _Table, base_dir: Path | None) -> Origin
         found = value if value is not None else cloud.get(key)
         return found if isinstance(found, str) else default
 
+    return {
+        "auth_url": auth_url.rstrip("/"),
+        "username": pick("username"),
+        "password": password if password is not None else pick("password"),
+        "project_name": pick("project_name"),
+        "user_domain_name": pick("user_domain_name", "Default") or "Default",
+        "project_domain_name": pick("project_domain_name", "Default") or "Default",
+        "application_credential_id": pick("application_credential_id"),
+        "application_credential_secret": pick("application_credential_secret"),
+    }
+
+
+def _swift_url(name: str, table: _Table) -> str:
+    """swift://NAME/PREFIX/: the origin's tree, under which its images lie."""
+    prefix = table.get("prefix", str, "a string", "").strip("/")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in prefix):
+        raise table.error("prefix", "must not hold control characters")
+    url = f"swift://{name}/" + (quote(prefix, safe=_PREFIX_SAFE) + "/" if prefix else "")
+    problem = path_problem(url)
+    if problem is not None:
+        raise table.error("prefix", f"refused: {problem}")
+    return url
+
+
+def _swift(name: str, url: str, table: _Table, base_dir: Path | None) -> OriginConfig:
+    keys = _keystone(table, base_dir)
+    auth_path = urlsplit(keys["auth_url"]).path.rstrip("/")
+    if not auth_path.endswith(("/v3", "/v1.0")):
+        raise table.error(
+            "auth_url",
+            "expected Keystone v3 (https://keystone:5000/v3) or TempAuth (.../auth/v1.0)",
+        )
+    container = table.get("container", str, "a string")
+    if not container or "/" in container or len(container) > 256:
+        raise table.error("container", "required: a container name (no '/')")
+    storage_url = table.get("url", str, "a URL string")
+    if storage_url is not None and urlsplit(storage_url).scheme not in ("http", "https"):
+        raise table.error("url", "the storage URL is an http:// or https:// URL")
     config = OriginConfig(
         name,
         url,
-        kind="glance",
-        auth_url=auth_url.rstrip("/"),
-        username=pick("username"),
-        password=password if password is not None else pick("password"),
-        project_name=pick("project_name"),
-        user_domain_name=pick("user_domain_name", "Default") or "Default",
-        project_domain_name=pick("project_domain_name", "Default") or "Default",
-        application_credential_id=pick("application_credential_id"),
-        application_credential_secret=pick("application_credential_secret"),
+        kind="swift",
+        container=container,
+        storage_url=storage_url.rstrip("/") if storage_url else None,
+        region=table.get("region", str, "a string"),
+        **keys,
     )
-    with_password = config.username is not None and config.password is not None
-    with_app = config.application_credential_id and config.application_credential_secret
-    if not (with_password or with_app):
-        raise table.error(
-            "password",
-            "Glance needs username and password, or application_credential_id and _secret",
-        )
+    if config.password is None and not config.application_credential_secret:
+        raise table.error("password", "Swift needs a password or an application credential")
+    if auth_path.endswith("/v1.0") and config.username is None:
+        raise table.error("username", 'TempAuth needs the user as "account:user"')
     return config
+
+
+def _sftp(name: str, url: str, table: _Table, base_dir: Path | None) -> OriginConfig:
+    parts = urlsplit(url)
+    if parts.password is not None:
+        raise table.error("url", "put the password in password or password_file, not the URL")
+    username = table.get("username", str, "a string") or (
+        unquote(parts.username) if parts.username else None
+    )
+    if not username:
+        raise table.error("username", 'required: in the URL (sftp://user@host/) or as "username"')
+    password = table.get("password", str, "a string")
+    password_file = table.get("password_file", str, "a path")
+    if password is not None and password_file is not None:
+        raise table.error("password_file", "set password or password_file, not both")
+    if password_file is not None:
+        password = _read_secret(table, "password_file", password_file, base_dir)
+    key_file = _readable(table, "private_key_file", base_dir)
+    if key_file is None and password is None:
+        raise table.error("private_key_file", "set private_key_file, password or password_file")
+    known_hosts = _readable(table, "known_hosts", base_dir)
+    if known_hosts is None:
+        raise table.error(
+            "known_hosts",
+            "required: a known_hosts file holding the server's host key "
+            "(ssh-keyscan -p PORT HOST, checked by hand); unknown hosts are refused",
+        )
+    return OriginConfig(
+        name,
+        url,
+        username=username,
+        password=password,
+        private_key_file=key_file,
+        known_hosts=known_hosts,
+        max_sessions=table.integer("max_sessions", 4, 1, 64),
+        idle_timeout=table.duration("idle_timeout", 60.0),
+    )
+
+
+def _readable(table: _Table, key: str, base_dir: Path | None) -> str | None:
+    """The path at `key` (relative to the config file), checked to be a readable file."""
+    text = table.get(key, str, "a path")
+    if text is None:
+        return None
+    path = _config_path(text, base_dir)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise table.error(key, f"cannot read {path}: {exc.strerror}") from None
+    return str(path)
 
 
 def _cloud_auth(table: _Table, cloud: str | None) -> dict[str, Any]:

@@ -8,13 +8,9 @@ is about to expire or when Glance answers 401. Secrets never reach a log or an e
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -28,6 +24,7 @@ from isocache.config import OriginConfig
 from isocache.errors import ImageNotFound, OriginError, OriginProtocolError
 from isocache.origins.base import DEFAULT_LIMITS, FetchLimits, ListEntry, OriginMeta, plain_name
 from isocache.origins.http import HttpOrigin
+from isocache.origins.keystone import Keystone
 from isocache.urls import is_under, redact_url
 
 log = logging.getLogger(__name__)
@@ -35,8 +32,6 @@ log = logging.getLogger(__name__)
 _UUID = re.compile(
     r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 )
-# Renew this long before Keystone's expiry, so a token never expires mid-request.
-_TOKEN_MARGIN = 60.0
 _PAGE = 200
 
 
@@ -51,7 +46,6 @@ class GlanceOrigin(HttpOrigin):
 
     def __init__(self, config: OriginConfig, limits: FetchLimits = DEFAULT_LIMITS) -> None:
         base = config.url
-        auth_url = config.auth_url or ""
         super().__init__(
             # Glance may redirect image data to its own store only within the endpoint.
             is_allowed=lambda url: is_under(url, base),
@@ -60,98 +54,22 @@ class GlanceOrigin(HttpOrigin):
         )
         self._name = config.name
         self._base = base
-        self._auth_url = auth_url
-        self._config = config
-        self._token: str | None = None
-        self._token_expires = 0.0
-        self._token_lock = asyncio.Lock()
+        self._keystone = Keystone(config, self._client)
         # No name -> id cache: a name is looked up at every stat (every revalidation), so a
         # new build published under it is found and a deleted one is a 404; reads take the
         # id from the version's metadata, so they never read another image than stat saw.
-
-    # -- authentication -------------------------------------------------------------------
-
-    def _auth_body(self) -> dict[str, Any]:
-        c = self._config
-        if c.application_credential_id and c.application_credential_secret:
-            identity: dict[str, Any] = {
-                "methods": ["application_credential"],
-                "application_credential": {
-                    "id": c.application_credential_id,
-                    "secret": c.application_credential_secret,
-                },
-            }
-            return {"auth": {"identity": identity}}
-        identity = {
-            "methods": ["password"],
-            "password": {
-                "user": {
-                    "name": c.username,
-                    "domain": {"name": c.user_domain_name},
-                    "password": c.password,
-                }
-            },
-        }
-        auth: dict[str, Any] = {"identity": identity}
-        if c.project_name:
-            auth["scope"] = {
-                "project": {"name": c.project_name, "domain": {"name": c.project_domain_name}}
-            }
-        return {"auth": auth}
-
-    async def _get_token(self, stale: str | None = None) -> str:
-        async with self._token_lock:
-            if self._token and self._token != stale and time.monotonic() < self._token_expires:
-                return self._token
-            headers = {"Content-Type": "application/json"}
-            body = json.dumps(self._auth_body())
-            try:
-                async with self._client().post(
-                    self._auth_url + "/auth/tokens",
-                    data=body,
-                    headers=headers,
-                    allow_redirects=False,
-                ) as resp:
-                    if resp.status != 201 or "X-Subject-Token" not in resp.headers:
-                        raise OriginError(
-                            f"Keystone refused the credentials of origin {self._name} "
-                            f"(HTTP {resp.status})"
-                        )
-                    token = resp.headers["X-Subject-Token"]
-                    payload = await resp.json(content_type=None)
-            except OriginError:
-                raise
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-                raise OriginError(
-                    f"cannot reach Keystone for origin {self._name}: {type(exc).__name__}"
-                ) from exc
-            lifetime = 3600.0
-            expires = (
-                (payload.get("token") or {}).get("expires_at")
-                if isinstance(payload, dict)
-                else None
-            )
-            if isinstance(expires, str):
-                with contextlib.suppress(ValueError):
-                    lifetime = (
-                        datetime.fromisoformat(expires.replace("Z", "+00:00")).timestamp()
-                        - time.time()
-                    )
-            self._token = token
-            self._token_expires = time.monotonic() + max(0.0, lifetime - _TOKEN_MARGIN)
-            return token
 
     @asynccontextmanager
     async def _request(
         self, method: str, url: str, headers: dict[str, str]
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        token = await self._get_token()
+        token = (await self._keystone.token()).value
         async with super()._request(method, url, {**headers, "X-Auth-Token": token}) as resp:
             if resp.status != 401:
                 yield resp
                 return
         # Revoked or expired early: one new token, one more try.
-        token = await self._get_token(stale=token)
+        token = (await self._keystone.token(stale=token)).value
         async with super()._request(method, url, {**headers, "X-Auth-Token": token}) as resp:
             if resp.status == 401:
                 raise OriginError(f"Glance origin {self._name} refused a fresh token (HTTP 401)")

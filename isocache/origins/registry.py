@@ -14,6 +14,8 @@ from isocache.origins.ftp import FtpOrigin
 from isocache.origins.glance import GlanceOrigin
 from isocache.origins.http import HttpOrigin
 from isocache.origins.s3 import S3Origin
+from isocache.origins.sftp import SftpOrigin
+from isocache.origins.swift import SwiftOrigin
 from isocache.origins.validate import ValidatedOrigin
 
 
@@ -30,6 +32,10 @@ class Backends:
             backend: Origin
             if origin.kind == "glance":
                 backend = GlanceOrigin(origin, limits)
+            elif origin.kind == "swift":
+                backend = SwiftOrigin(origin, limits)
+            elif origin.scheme == "sftp":
+                backend = SftpOrigin(origin, limits)
             elif origin.scheme in ("ftp", "ftps"):
                 backend = FtpOrigin(origin, limits)
             elif origin.scheme == "s3":
