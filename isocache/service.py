@@ -101,6 +101,7 @@ class Service:
             store=self.store,
             verifier=self.verifier,
             prewarm=self.prewarm,
+            origins=config.origins,
         )
         await self.admin.restore()
         await self._restore_pins(resolver)
