@@ -401,6 +401,73 @@ async def test_a_wrong_token_shows_the_apis_error(
     await page.do(page.wait_text, "#mode", lambda t: t.startswith("Read-only"))
 
 
+async def test_register_pin_verify_cancel_remove(
+    tmp_path: Path, make_service: MakeService, client: aiohttp.ClientSession, page: Page
+) -> None:
+    size = 64 * CHUNK
+    data = generate_image(size, seed=1412)
+    async with OriginServer(per_connection_rate=64 * KiB) as origin:  # a job slow to cancel
+        origin.add_file("isos/new.iso", data)
+        service = await make_service(origin.url, extra=admin())
+        await page.do(page.open, service.url + "ui/#images")
+        await page.do(page.set_token, TOKEN)
+
+        def fill(name: str, url: str) -> None:
+            form = page.driver.find_element(By.ID, "register-form")
+            for field, value in (("name", name), ("url", url)):
+                element = form.find_element(By.NAME, field)
+                element.clear()
+                element.send_keys(value)
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+        # Outside the origins: refused by the API, and the page shows its answer.
+        outside = "http://127.0.0.1:9/elsewhere.iso"
+        await page.do(fill, "stray", outside)
+        async with client.put(
+            service.url + "api/images/stray", json={"url": outside}, headers=auth()
+        ) as resp:
+            refused = await resp.json()
+        assert resp.status == 403
+        expected = f"403 {refused['error']}: {refused['detail']}"
+        await page.do(page.wait_text, "#message-text", lambda t: t == expected)
+        assert not await page.do(page.css, 'tr[data-name="stray"]')
+
+        await page.do(fill, "fresh", origin.url + "isos/new.iso")
+        await page.do(page.wait_text, "#message-text", lambda t: t == "Registered fresh.")
+        row = 'tr[data-name="fresh"]'
+        await page.do(page.click, f"{row} .pin")
+        await page.do(page.wait_text, f"{row} .pinned", lambda t: t == "yes")
+        await page.do(page.click, f"{row} .verify")
+        await page.do(
+            page.wait_text,
+            "#message-text",
+            lambda t: t.startswith("Verified fresh: 0 chunks good, 0 dropped"),
+        )
+
+        await page.do(page.click, f"{row} .prewarm")
+        message = await page.do(page.wait_text, "#message-text", lambda t: "queued as job" in t)
+        match = re.search(r"queued as job ([0-9a-f]+);", message)
+        assert match, message
+        job = f'tr[data-id="{match.group(1)}"]'
+        await page.do(page.click, "#nav-jobs")
+        await page.do(page.click, f"{job} .cancel")
+        await page.do(page.wait_text, f"{job} .state", lambda t: t == "cancelled")
+        _, _, body = await fetch(client, service.url + f"api/prewarm/{match.group(1)}")
+        view = json.loads(body)
+        assert view["state"] == "cancelled" and view["bytes_done"] < size
+
+        await page.do(page.click, "#nav-images")
+        await page.do(page.click, f"{row} .remove")  # arms it
+        await page.do(page.wait_text, f"{row} .remove", lambda t: t == "Really remove?")
+        await page.do(page.click, f"{row} .remove")
+        await page.do(page.wait, lambda d: not page.css(row))
+        _, _, body = await fetch(client, service.url + "api/images")
+        assert json.loads(body) == []
+        # The refused registration is the only request the browser logged as failed.
+        errors = await page.do(page.console_errors)
+        assert len(errors) == 1 and "api/images/stray" in errors[0]["message"], errors
+
+
 # -- behind a path prefix ------------------------------------------------------------------
 
 
