@@ -128,6 +128,7 @@ class Service:
             store=self.store,
             verifier=self.verifier,
             prewarm=self.prewarm,
+            origins=config.origins,
         )
         self.attachments = Attachments(catalog=self.catalog, resolver=resolver, store=self.store)
         self.admin.attachments = self.attachments

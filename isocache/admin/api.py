@@ -8,8 +8,10 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -17,6 +19,7 @@ from isocache.admin.openapi import OPENAPI
 from isocache.admin.prewarm import PrewarmManager
 from isocache.attachments import Attachments
 from isocache.catalog import Catalog
+from isocache.config import OriginConfig
 from isocache.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from isocache.image import ImageRef, ImageVersion
 from isocache.resolver import Resolver
@@ -30,6 +33,9 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 _IMAGES_STATE = "images/"
 _LEGACY_PINS_STATE = "pins/"  # before the store owned pins: name -> bool
+# Paths per GET /api/origins/{origin}/cached: each costs a scan of the store's index, and the
+# query must stay within aiohttp's 8 KiB request line.
+_MAX_CACHED_PATHS = 100
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -48,8 +54,10 @@ class AdminApi:
         store: ChunkStore,
         verifier: Verifier,
         prewarm: PrewarmManager,
+        origins: Mapping[str, OriginConfig] | None = None,
     ) -> None:
         self._token = token
+        self._origins = dict(origins or {})
         self._catalog = catalog
         self._resolver = resolver
         self._store = store
@@ -71,6 +79,8 @@ class AdminApi:
             web.post("/api/prewarm", self.start_prewarm),
             web.get("/api/prewarm/{id}", self.get_job),
             web.delete("/api/prewarm/{id}", self.cancel_job),
+            web.get("/api/origins", self.list_origins),
+            web.get("/api/origins/{origin}/cached", self.origin_cached),
         ]
 
     # -- start-up: run-time state ---------------------------------------------------------
@@ -281,3 +291,36 @@ class AdminApi:
         if job is None:
             raise NotFound("no such prewarm job")
         return web.json_response(job.view())
+
+    async def list_origins(self, request: web.Request) -> web.Response:
+        """The configured origins for the web page's tree: name, kind and the redacted URL
+        (never a credential: those live only in OriginConfig)."""
+        return web.json_response(
+            [
+                {
+                    "name": name,
+                    "kind": "glance" if origin.kind == "glance" else origin.scheme,
+                    "url": redact_url(origin.url),
+                }
+                for name, origin in self._origins.items()
+            ]
+        )
+
+    async def origin_cached(self, request: web.Request) -> web.Response:
+        """What is cached of origin files, `?path=dir/name.iso` (decoded, repeatable): one
+        entry per file whose version this service knows, without asking the origin."""
+        origin = request.match_info["origin"]
+        paths = request.query.getall("path", [])
+        if not paths or len(paths) > _MAX_CACHED_PATHS:
+            raise BadRequest(f"give 1 to {_MAX_CACHED_PATHS} path parameters")
+        found = []
+        for path in paths:
+            try:
+                raw = "/".join(quote(segment, safe="") for segment in path.split("/"))
+            except UnicodeEncodeError as exc:
+                raise BadRequest("path is not valid UTF-8") from exc
+            version = await self._version(self._catalog.origin_file(origin, raw))
+            if version is not None:
+                cached, _ = self._store.image_usage(version.identity)
+                found.append({"path": path, "size": version.size, "cached_bytes": cached})
+        return web.json_response(found)

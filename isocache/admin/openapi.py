@@ -41,6 +41,24 @@ _JOB = {
         "status_url": {"type": "string"},
     },
 }
+_ORIGIN = {
+    "type": "object",
+    "required": ["name", "kind", "url"],
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string"},
+        "url": {"type": "string"},
+    },
+}
+_CACHED = {
+    "type": "object",
+    "required": ["path", "size", "cached_bytes"],
+    "properties": {
+        "path": {"type": "string"},
+        "size": {"type": "integer", "minimum": 0},
+        "cached_bytes": {"type": "integer", "minimum": 0},
+    },
+}
 _ATTACHMENT = {
     "type": "object",
     "required": ["id", "url", "etag", "size", "cached_bytes", "state", "error", "created"],
@@ -97,7 +115,13 @@ OPENAPI: dict[str, Any] = {
     "info": {"title": "isocache admin API", "version": "1"},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        "schemas": {"Error": _ERROR, "Image": _IMAGE, "PrewarmJob": _JOB},
+        "schemas": {
+            "Error": _ERROR,
+            "Image": _IMAGE,
+            "PrewarmJob": _JOB,
+            "Origin": _ORIGIN,
+            "Cached": _CACHED,
+        },
     },
     "paths": {
         "/api/images": {
@@ -219,6 +243,30 @@ OPENAPI: dict[str, Any] = {
                 parameters=[_ID],
                 security=_BEARER,
             ),
+        },
+        "/api/origins": {
+            "get": _op(
+                "Configured origins (credentials never shown)",
+                {"200": _json({"type": "array", "items": _ORIGIN})},
+            )
+        },
+        "/api/origins/{origin}/cached": {
+            "get": _op(
+                "What is cached of files under an origin whose version is known",
+                {"200": _json({"type": "array", "items": _CACHED})},
+                parameters=[
+                    {**_NAME, "name": "origin"},
+                    {
+                        "name": "path",
+                        "in": "query",
+                        "required": True,
+                        "description": "a file's path under the origin, decoded; repeatable",
+                        "schema": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+                        "style": "form",
+                        "explode": True,
+                    },
+                ],
+            )
         },
     },
 }

@@ -1,4 +1,5 @@
-"""Builds the aiohttp application: image routes, health, metrics, JSON errors for the rest."""
+"""Builds the aiohttp application: image routes, health, metrics, the admin API and its web
+page (/ui/), JSON errors for the rest."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from isocache.front.access_log import access_log_middleware
 from isocache.front.errors import error_middleware
 from isocache.front.images import ImageHandlers
 from isocache.metrics import Metrics
+from isocache.ui import UiPages
 
 
 def build_app(
@@ -43,6 +45,7 @@ def build_app(
             *admin.routes(),
             *(extra_routes or []),
             *images.routes(),
+            *UiPages().routes(),
         ]
     )
     return app
