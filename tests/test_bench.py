@@ -313,3 +313,24 @@ def test_ctrl_c_stops_everything_the_bench_started(tmp_path: Path) -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
+
+
+async def test_cluster_scenario_runs_both_modes() -> None:
+    args = ["--hosts", "2", "--vms", "1", "--size", "8MiB", "--rounds", "1", "--latency", "0ms"]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bench.cluster", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {
+        row["mode"]: row
+        for row in (json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))
+    }
+    assert set(rows) == {"independent", "cluster"}
+    # Independent caches each fetch what their VMs touch; the cluster fetches it once.
+    assert rows["independent"]["origin_over_unique"] >= 1.9
+    assert rows["cluster"]["origin_over_unique"] <= 1.05
+    assert rows["cluster"]["peer_bytes"] > 0 and rows["independent"]["peer_bytes"] == 0
