@@ -39,6 +39,7 @@ COLUMNS = [
     ("unique_bytes", "{}"),
     ("origin_to_unique", "{:.2f}"),
     ("chunk_hit_rate", "{:.2f}"),
+    ("byte_hit_rate", "{:.2f}"),
 ]
 
 

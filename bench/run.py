@@ -6,7 +6,8 @@ Targets: direct (clients read the origin), isocache (cold), isocache-warm (after
 through the admin API), nginx-slice (nginx from Debian as a slice cache), nginx (nginx serving
 the image file from local disk: the ceiling for warm hits).
 Scenarios: bootstorm, random, sequential, fanin (real qemu-img convert processes),
-eviction (three images through a cache that holds two).
+eviction (three images through a cache that holds two), scan (a hot image read by the
+clients again and again, between one-off reads of images larger than the cache).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from bench.figures import OriginFetch, Request, figures
 from isocache.units import parse_size
 
 TARGETS = ("direct", "isocache", "isocache-warm", "nginx-slice", "nginx")
-SCENARIOS = ("bootstorm", "random", "sequential", "fanin", "eviction")
+SCENARIOS = ("bootstorm", "random", "sequential", "fanin", "eviction", "scan")
 
 NGINX_SLICE = """
 worker_processes 1;
@@ -330,11 +331,30 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _image_url(url: str, number: int) -> str:
-    """The URL of the eviction scenario's image `number` on the same target."""
+def _image_url(url: str, number: int | str) -> str:
+    """The URL of the eviction or scan scenario's image `number` (or file name) on the same
+    target."""
+    name = number if isinstance(number, str) else f"img{number}.raw"
     if "/images/img" in url:
-        return url.replace("/images/img", f"/origins/bench/img{number}.raw")
-    return url.replace("img.raw", f"img{number}.raw")
+        return url.replace("/images/img", f"/origins/bench/{name}")
+    return url.replace("img.raw", name)
+
+
+SCAN_ROUNDS = 3
+
+
+def _scan(url: str, options: Options) -> tuple[list[Request], int]:
+    """Each round: every client reads the hot image (an eighth of --size), then one client
+    reads a new image of --size once. Returns the records and the unique bytes."""
+    hot_size = options.size // 8
+    step = 2 * trace.MiB
+    hot = [[(o, min(step, hot_size - o)) for o in range(0, hot_size, step)]] * options.clients
+    scan = [[(o, min(step, options.size - o)) for o in range(0, options.size, step)]]
+    records: list[Request] = []
+    for number in range(SCAN_ROUNDS):
+        records += asyncio.run(replay(_image_url(url, "hot.raw"), hot, options.connections))
+        records += asyncio.run(replay(_image_url(url, number), scan, options.connections))
+    return records, hot_size + SCAN_ROUNDS * options.size
 
 
 def run(
@@ -359,7 +379,14 @@ def _run(
         # Three images through a cache that holds two; every image is read twice.
         files.update({f"img{n}.raw": image for n in range(3)})
         size_limit = f"{(2 * options.size) // trace.MiB + 2}MiB"  # two images and a bit
-    single = "sequential" if scenario in ("fanin", "eviction") else scenario
+    if scenario == "scan":
+        hot = work / "hot.raw"
+        with open(image, "rb") as source, open(hot, "wb") as out:
+            out.write(source.read(options.size // 8))
+        files.update({"hot.raw": hot, **{f"img{n}.raw": image for n in range(SCAN_ROUNDS)}})
+        # The hot image fits; each scanned image does not.
+        size_limit = f"{max(8, (3 * options.size // 8) // trace.MiB)}MiB"  # 8 chunks at least
+    single = "sequential" if scenario in ("fanin", "eviction", "scan") else scenario
     client_traces = traces(single, options)
     unique = trace.unique_bytes(r for t in client_traces for r in t)
     with (
@@ -385,6 +412,8 @@ def _run(
                     records += asyncio.run(
                         replay(_image_url(url, number), client_traces, options.connections)
                     )
+        elif scenario == "scan":
+            records, unique = _scan(url, options)
         else:
             records = asyncio.run(replay(url, client_traces, options.connections))
         after = _settled_metrics(base) if base else None
@@ -411,6 +440,9 @@ def _run(
             "origin_requests": sum(p["requests"] for p in stats["paths"].values()),
         }
     )
+    if scenario == "scan":
+        hot = stats["paths"].get("hot.raw", {}).get("body_bytes", 0)
+        result["hot_refetch_bytes"] = hot - options.size // 8
     if disk is not None:
         result["disk_bytes_at_end"] = disk
         result["size_limit"] = size_limit

@@ -108,6 +108,7 @@ class Filler:
         self._max_per_image = max_per_image
         self._image_slots: dict[str, asyncio.Semaphore] = {}
         self._image_slot_users: collections.Counter[str] = collections.Counter()
+        self._readers: collections.Counter[str] = collections.Counter()  # per chunk in flight
         self._inflight: dict[str, asyncio.Future[bytes]] = {}
         # Set when a client waits on a chunk of a background fill: one event per fill.
         self._promotions: dict[str, asyncio.Event] = {}
@@ -375,6 +376,7 @@ class Filler:
     ) -> None:
         for offset, future in enumerate(futures):
             key = self._store.key(version.identity, first + offset)
+            self._readers.pop(key, None)
             self._forget(key, future)
             if not future.done():
                 future.set_exception(exc)
@@ -401,6 +403,12 @@ class Filler:
         if task is not None:
             await asyncio.shield(task)
 
+    def note_reader(self, version: ImageVersion, index: int) -> None:
+        """A client read this chunk from its fill, not from the store (for eviction)."""
+        key = self._store.key(version.identity, index)
+        if key in self._inflight:
+            self._readers[key] += 1
+
     async def _store_chunk(
         self, version: ImageVersion, index: int, future: asyncio.Future[bytes], chunk: bytes
     ) -> None:
@@ -408,11 +416,17 @@ class Filler:
         stored = False
         try:
             stored = await self._store.put(version.identity, index, chunk)
+            if stored:
+                # Readers until now took the bytes from the fill; later ones read the store.
+                # The first reader's read is the fill itself; a chunk nobody waited for was
+                # fetched ahead (-1).
+                self._store.note_reads(version.identity, index, self._readers[key] - 1)
             if stored and self._on_stored:
                 self._on_stored(version)
         except Exception:
             log.exception("store-put-failed key=%s", key)
         finally:
+            self._readers.pop(key, None)
             if not self._closed:
                 self._writes_refused = not stored
                 if not stored:

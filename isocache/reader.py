@@ -93,14 +93,16 @@ class Reader:
         the fill's IsocacheError (nothing sent yet, so the client gets a clean status).
         """
         indexes = sorted({i for rng in ranges for i in rng.chunk_indexes(self.chunk_size)})
-        self._note_read(version, ranges)
+        counted_until = self._note_read(version, ranges)
         chunks = Chunks()
         try:
             missing = self._missing(version, indexes)
             started = self._filler.request(version, missing) if missing else set()
             held = self._hold(version, missing, client_waits=True)
             for index in indexes:
-                chunks.add(index, await self._chunk(version, index, started, held.pop(index, None)))
+                count = index * self.chunk_size >= counted_until
+                source = await self._chunk(version, index, started, held.pop(index, None), count)
+                chunks.add(index, source)
         except BaseException:
             chunks.close()
             raise
@@ -115,7 +117,7 @@ class Reader:
         indexes = rng.chunk_indexes(self.chunk_size)
         window = max(self._readahead_chunks, 1)
         max_run = max(1, window // self._parallel)
-        self._note_read(version, [rng])
+        counted_until = self._note_read(version, [rng])
         started: set[int] = set()
         held: dict[int, asyncio.Future[bytes]] = {}
         horizon = 0  # the window's chunks before this one are in `held` if they were in flight
@@ -126,7 +128,8 @@ class Reader:
             started |= self._filler.request(version, wanted, max_run=max_run)
             held.update(self._hold(version, indexes[max(horizon, position) : position + window]))
             horizon = position + window
-            source = await self._chunk(version, index, started, held.pop(index, None))
+            count = index * self.chunk_size >= counted_until
+            source = await self._chunk(version, index, started, held.pop(index, None), count)
             try:
                 yield self._piece(source, index, rng)
             finally:
@@ -160,15 +163,17 @@ class Reader:
         index: int,
         started: set[int],
         held: asyncio.Future[bytes] | None = None,
+        count: bool = True,
     ) -> BinaryIO | bytes:
         """A chunk from the store, else from its fill: the one in flight, the one this
-        response `held` (unless it failed: then a new fill), or a new one."""
+        response `held` (unless it failed: then a new fill), or a new one. `count`: this is
+        a read the eviction policy should see (not the overlap of a continued read)."""
         if _failed(held):
             held = None
         length = version.chunk_length(index, self.chunk_size)
         missed = False
         while True:
-            source = await self._store.open_chunk(version.identity, index, length)
+            source = await self._store.open_chunk(version.identity, index, length, count=count)
             if source is not None:
                 if not missed:
                     self._metrics.chunk_hits.inc()
@@ -188,33 +193,42 @@ class Reader:
                     stats.misses += 1
                 if index not in started:
                     self._metrics.chunk_coalesced.inc()
+            if count:
+                self._filler.note_reader(version, index)
             # shield: a client that goes away must not cancel a fill others wait on.
             return await asyncio.shield(future)
 
-    def _note_read(self, version: ImageVersion, ranges: Sequence[ByteRange]) -> None:
-        """Start background readahead when this read continues an earlier one.
+    def _note_read(self, version: ImageVersion, ranges: Sequence[ByteRange]) -> int:
+        """Start background readahead when this read continues an earlier one; return where
+        the earlier read it continues stopped (0 if none): chunks before that offset were
+        already counted as read by it, so the eviction policy does not see the overlap of
+        qemu's consecutive reads as a second read.
 
         "Continues" means it starts after an earlier read of the image started and at most a
         chunk past where it stopped, allowing an overlap of up to qemu's 256 KiB readahead
         (or a quarter of the earlier read, for small reads). A lone read, or the same range read
         again, is not sequential and triggers nothing.
         """
-        if self._readahead_chunks <= 0 or not ranges or SERVING_PEER.get():
-            # A member reading from this owner reads ahead itself, by ownership.
-            return
+        if not ranges:
+            return 0
         recent = self._recent.setdefault(version.identity, collections.deque(maxlen=_RECENT_READS))
         start, stop = ranges[0].start, ranges[-1].stop
-        sequential = any(
-            earlier_start < start
+        continued = [
+            earlier_stop
+            for earlier_start, earlier_stop in recent
+            if earlier_start < start
             and earlier_stop - min(_QEMU_READAHEAD, (earlier_stop - earlier_start) // 4)
             <= start
             <= earlier_stop + self.chunk_size
-            for earlier_start, earlier_stop in recent
-        )
+        ]
         recent.append((start, stop))
-        if not sequential or self._filler.writes_refused:
+        counted_until = max(continued, default=0)
+        if not continued or self._readahead_chunks <= 0 or SERVING_PEER.get():
+            # A member reading from this owner reads ahead itself, by ownership.
+            return counted_until
+        if self._filler.writes_refused:
             # While the store refuses writes, chunks fetched ahead could not be kept.
-            return
+            return counted_until
         first = -(-stop // self.chunk_size)
         ahead = range(first, first + self._readahead_chunks)
         self._filler.request(
@@ -223,6 +237,7 @@ class Reader:
             background=True,
             max_run=max(1, self._readahead_chunks // self._parallel),
         )
+        return counted_until
 
 
 def _failed(future: asyncio.Future[bytes] | None) -> bool:

@@ -1,10 +1,11 @@
 """The chunk store: fixed-size chunks of image versions on local disk, over diskcache.
 
 The only module that imports diskcache. Every diskcache call runs in the store's executor;
-the in-memory index (presence, length, checksum, LRU order) is touched only on the event loop,
-so a hit costs no SQLite work. diskcache is used with eviction_policy "none": the store does
-LRU itself (docs/ARCHITECTURE.md, "The store": a per-hit SQLite write costs 4x and stalls
-readers). It deletes only files it wrote, in a directory it owns and holds a lock on.
+the in-memory index (presence, length, checksum) and the eviction order are touched only on
+the event loop, so a hit costs no SQLite work. diskcache runs with eviction_policy "none"
+(its own LRU writes to SQLite on every hit: docs/ARCHITECTURE.md, "The store"); the store
+evicts itself, in the order eviction.py's S3-FIFO gives. It deletes only files it wrote, in
+a directory it owns and holds a lock on.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any, BinaryIO, TypeVar
 import diskcache
 
 from isocache.errors import StoreError
+from isocache.eviction import S3Fifo
 from isocache.units import MiB
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,8 @@ class ChunkStore:
         self._flush_interval = flush_interval
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
         self._cache: Any = None
-        self._index: OrderedDict[str, ChunkRecord] = OrderedDict()  # LRU first
+        self._index: dict[str, ChunkRecord] = {}
+        self._policy = S3Fifo(size_limit)  # eviction order (docs/ARCHITECTURE.md)
         self._pins: dict[str, str | None] = {}  # owner (image name) -> pinned identity
         self._meta: OrderedDict[str, str] = OrderedDict()  # URL with metadata -> identity
         self._chunk_counts: collections.Counter[str] = collections.Counter()
@@ -146,7 +149,8 @@ class ChunkStore:
         now = time.time()
         for key, record in sorted(records.items(), key=lambda item: item[1].last_access):
             record.last_access = min(record.last_access, now)
-            self._add(key, record)
+            # What survived a restart starts in the main FIFO, oldest access first out.
+            self._add(key, record, main=True)
         self._flush_task = asyncio.create_task(self._flush_access_loop(), name="store-flush")
         log.info(
             "store-open dir=%s chunks=%d bytes=%d limit=%d pins=%d",
@@ -311,7 +315,9 @@ class ChunkStore:
         records = [r for k, r in self._index.items() if k.startswith(prefix)]
         return sum(r.length for r in records), max((r.last_access for r in records), default=None)
 
-    async def open_chunk(self, identity: str, index: int, length: int) -> BinaryIO | bytes | None:
+    async def open_chunk(
+        self, identity: str, index: int, length: int, *, count: bool = True
+    ) -> BinaryIO | bytes | None:
         """Return the chunk as an open file (caller closes it) or as bytes; None on a miss.
 
         A chunk not yet verified by this process is read whole and checked against its
@@ -325,7 +331,7 @@ class ChunkStore:
         if record.length != length:
             await self._forget(key, "length differs from the image's")
             return None
-        self._touch(key, record)
+        self._touch(key, record, count)
         if not record.verified:
             data = await self._run(self._read_blocking, record.path)
             if data is None or len(data) != length or zlib.crc32(data) != record.crc:
@@ -354,13 +360,15 @@ class ChunkStore:
         except OSError:
             return None
 
-    def _add(self, key: str, record: ChunkRecord) -> None:
+    def _add(self, key: str, record: ChunkRecord, *, main: bool = False) -> None:
         self._index[key] = record
+        self._policy.insert(key, record.length, main=main)
         self._bytes_used += record.length
         self._chunk_counts[key.split(":", 1)[0]] += 1
 
     def _remove(self, key: str) -> ChunkRecord | None:
         record = self._index.pop(key, None)
+        self._policy.remove(key)
         if record is not None:
             self._bytes_used -= record.length
             self._touched.discard(key)
@@ -384,10 +392,16 @@ class ChunkStore:
             paths.append(record.path)
         return paths
 
-    def _touch(self, key: str, record: ChunkRecord) -> None:
+    def _touch(self, key: str, record: ChunkRecord, count: bool = True) -> None:
         record.last_access = time.time()
-        self._index.move_to_end(key)
+        if count:
+            self._policy.access(key)
         self._touched.add(key)
+
+    def note_reads(self, identity: str, index: int, reads: int) -> None:
+        """How many reads a just-stored chunk has had besides its own fill: -1 for a chunk
+        fetched ahead that nobody read yet, more for clients that shared its fill."""
+        self._policy.set_reads(self.key(identity, index), reads)
 
     async def verify_chunks(
         self, identity: str, *, unverified_only: bool = False
@@ -477,17 +491,12 @@ class ChunkStore:
             return True
 
     async def _evict_to(self, target: int) -> bool:
-        """Evict least recently used unpinned chunks until at most `target` bytes are stored."""
-        victims: list[str] = []
-        remaining = self._bytes_used
+        """Evict unpinned chunks, in the policy's order, until at most `target` bytes are
+        stored."""
         pinned = self.pinned_identities()
-        for key, record in self._index.items():
-            if remaining <= target:
-                break
-            if key.split(":", 1)[0] in pinned:
-                continue
-            victims.append(key)
-            remaining -= record.length
+        victims = self._policy.victims(
+            self._bytes_used - target, keep=lambda key: key.split(":", 1)[0] in pinned
+        )
         for key in victims:
             self._remove(key)
         if victims:
@@ -511,7 +520,7 @@ class ChunkStore:
         responses in progress may still read). Scans the index."""
         prefix = identity + ":"
         for key in [key for key in self._index if key.startswith(prefix)]:
-            self._index.move_to_end(key, last=False)
+            self._policy.demote(key)
 
     async def drop_image(self, identity: str) -> int:
         """Remove every chunk of one image version; returns the number of chunks removed."""
