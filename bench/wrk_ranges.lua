@@ -1,15 +1,18 @@
 -- wrk script: GET random `range_size`-byte ranges at unaligned offsets of an image of `image_size`
--- bytes; prints one JSON line of totals at the end. Args: image_size range_size [seed]
-local image_size, range_size
+-- bytes; prints one JSON line of totals at the end. Args: image_size range_size [seed [no-ua]]
+-- ("no-ua": send no User-Agent, as qemu's curl driver does).
+local image_size, range_size, user_agent
 function init(args)
   image_size = tonumber(args[1])
   range_size = tonumber(args[2])
   math.randomseed(tonumber(args[3] or "1") + os.time())
+  user_agent = args[4] ~= "no-ua"
 end
 function request()
   local first = math.random(0, image_size - range_size)
-  return wrk.format("GET", nil, { ["Range"] = "bytes=" .. first .. "-" .. (first + range_size - 1),
-                                  ["User-Agent"] = "wrk" })
+  local headers = { ["Range"] = "bytes=" .. first .. "-" .. (first + range_size - 1) }
+  if user_agent then headers["User-Agent"] = "wrk" end
+  return wrk.format("GET", nil, headers)
 end
 function done(summary, latency, requests)
   io.write(string.format(
