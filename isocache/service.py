@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -169,7 +170,9 @@ class Service:
             await site.start()
         except OSError as exc:
             where = f"{config.server.host}:{config.server.port}"
-            raise StartupError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+            # asyncio words the bind error itself; the errno's own text is the short one.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {where}: {reason}") from None
         # aiohttp exposes the bound port (port 0 in tests) only through the server's sockets.
         sockets = getattr(site._server, "sockets", None)
         if sockets:
