@@ -249,6 +249,7 @@ class Service:
         return self.catalog.origin_file(origin, rest)
 
     async def stop(self) -> None:
+        started = self._runner is not None  # else a failed start: nothing to say "stopped" of
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -262,7 +263,8 @@ class Service:
         for backend in self._retired:
             await backend.close()
         await self.store.close()
-        log.info("stopped")
+        if started:
+            log.info("stopped")
 
 
 def _changed_keys(old: Config, new: Config) -> list[str]:
