@@ -24,8 +24,8 @@ IMAGES_LABEL = "images"
 
 
 class Catalog:
-    """Images and origin trees. Origins are fixed by the config; images may be added,
-    removed and (un)pinned at run time through the admin API. Use on the event loop."""
+    """Images and origin trees. Origins are set by the config (and a reload); images may be
+    added, removed and (un)pinned at run time through the admin API. Use on the event loop."""
 
     def __init__(self, config: Config, backends: Backends) -> None:
         self._backends = backends
@@ -37,6 +37,31 @@ class Catalog:
         self._image_urls = frozenset(
             same_place(ref.url) for ref in self._images.values() if path_problem(ref.url) is None
         )
+
+    def reload(self, config: Config, backends: Backends) -> list[str]:
+        """Take a reloaded config's origins and images in place (everything holding this
+        catalog sees them at once). Run-time images are kept while they still lie under an
+        origin and their name is not now configured; the names of the others are returned."""
+        runtime = {n: r for n, r in self._images.items() if n not in self.configured}
+        self._backends = backends
+        self._origins = {name: o.url for name, o in config.origins.items()}
+        images = {
+            name: self._ref(name, image.url, image.sha256, image.pin)
+            for name, image in config.images.items()
+        }
+        dropped = []
+        for name, ref in runtime.items():
+            if name in images or self._origin_of(ref.url) is None:
+                dropped.append(name)
+            else:
+                images[name] = self._ref(name, ref.url, ref.sha256, ref.pinned)
+        self._image_urls = frozenset(
+            same_place(ref.url)
+            for name, ref in images.items()
+            if name in config.images and path_problem(ref.url) is None
+        )
+        self._images, self.configured = images, frozenset(config.images)
+        return dropped
 
     def _ref(self, name: str, url: str, sha256: str | None, pinned: bool) -> ImageRef:
         origin_name = self._origin_of(url)

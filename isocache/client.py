@@ -5,7 +5,9 @@ the service."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import secrets
 import sys
 import time
 import urllib.error
@@ -25,27 +27,112 @@ class AdminClient:
         self._token = token
         self._timeout = timeout
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def _request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str, bytes, dict[str, str]]:
+        """(status, reason, body, headers) of any answer; AdminClientError when none came."""
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.server + path, data=data, method=method)
+        try:
+            request = urllib.request.Request(self.server + path, data=data, method=method)
+        except ValueError as exc:
+            raise AdminClientError(f"bad server address {self.server!r}: {exc}") from None
         request.add_header("User-Agent", "isocache-cli")
+        for key, value in (headers or {}).items():
+            request.add_header(key, value)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         if self._token:
             request.add_header("Authorization", f"Bearer {self._token}")
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as resp:
-                return json.loads(resp.read() or b"null")
+                return resp.status, resp.reason, resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as exc:
-            try:
-                detail = json.loads(exc.read()).get("detail", exc.reason)
-            except (ValueError, AttributeError):
-                detail = exc.reason
-            hint = {401: " (give --token or set ISOCACHE_TOKEN)", 403: " (check the token)"}
-            raise AdminClientError(f"{detail}{hint.get(exc.code, '')}") from None
-        except (urllib.error.URLError, OSError) as exc:
+            return exc.code, exc.reason, exc.read(), dict(exc.headers)
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
             raise AdminClientError(f"cannot reach isocache at {self.server}: {reason}") from None
+
+    def _not_isocache(self, status: int, reason: str, headers: dict[str, str]) -> str:
+        kind = headers.get("Content-Type", "no content type").split(";")[0]
+        return (
+            f"{self.server} does not look like isocache: it answered {status} {reason} ({kind}) "
+            "where the admin API answers JSON; check --server or the config's listen address"
+        )
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        status, reason, raw, headers = self._request(method, path, body)
+        try:
+            answer = json.loads(raw or b"null")
+        except ValueError:
+            raise AdminClientError(self._not_isocache(status, reason, headers)) from None
+        if status < 400:
+            return answer
+        if not (isinstance(answer, dict) and "error" in answer and "detail" in answer):
+            raise AdminClientError(self._not_isocache(status, reason, headers))
+        detail = str(answer["detail"])
+        hint = ""
+        if status == 401 and not self._token:
+            hint = " (give --token, set ISOCACHE_TOKEN, or --config with [admin] token_file)"
+        elif status == 403 and self._token and "token" in detail:
+            hint = " (check the token)"
+        raise AdminClientError(f"{detail}{hint}")
+
+    def probe(self, path: str) -> tuple[int, str, int | None]:
+        """(status, what isocache said, Content-Length) of HEAD `path`; the error's JSON
+        detail comes from a 1-byte GET, since a HEAD answer has no body."""
+        status, _, _, headers = self._request("HEAD", path)
+        length = headers.get("Content-Length")
+        if status < 400:
+            return status, "", int(length) if length and length.isdigit() else None
+        status, reason, raw, _ = self._request("GET", path, headers={"Range": "bytes=0-0"})
+        try:
+            detail = str(json.loads(raw)["detail"])
+        except (ValueError, KeyError, TypeError):
+            detail = reason
+        return status, detail, None
+
+
+def register_checked(
+    client: AdminClient,
+    name: str,
+    url: str,
+    sha256: str | None,
+    pin: bool,
+    no_check: bool = False,
+) -> str:
+    """Register `name` -> `url`, having first checked that the origin serves it: the URL is
+    registered under a scratch name and read with HEAD through isocache (with the origin's
+    credentials, from the service's network), so a wrong URL never replaces an image."""
+    body = {"url": url, "pin": pin, **({"sha256": sha256} if sha256 else {})}
+    size = None
+    if not no_check:
+        scratch = f"check-{secrets.token_hex(6)}"
+        client.call("PUT", f"api/images/{scratch}", {"url": url})
+        try:
+            status, detail, size = client.probe(f"images/{scratch}")
+        finally:
+            client.call("DELETE", f"api/images/{scratch}")
+        if status >= 400:
+            raise AdminClientError(
+                f"not registered: the origin does not serve {url}: {status} {detail}"
+            )
+    image = client.call("PUT", f"api/images/{name}", body)
+    shown = f"{size} bytes" if size is not None else "not checked"
+    return f"registered {name} -> {image['url']} ({shown})" + (", pinned" if pin else "")
+
+
+def verify_sentence(result: dict[str, Any]) -> str:
+    """The answer of POST /api/images/NAME/verify, as a sentence."""
+    name, good, dropped = result["name"], result["chunks_ok"], result["chunks_dropped"]
+    chunks = f"{good} cached chunks matched their checksums"
+    if dropped:
+        chunks += f", {dropped} did not and were dropped (they are fetched again when read)"
+    verdict = {
+        True: "the whole image matches its expected digest",
+        False: "the image does NOT match its expected digest; its chunks were dropped",
+        None: "the digest was not checked (the image is not fully cached, or has no sha256)",
+    }[result["verified"]]
+    return f"{name}: {chunks}; {verdict}."
 
 
 def _size(value: float | None) -> str:

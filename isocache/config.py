@@ -165,6 +165,9 @@ class Config:
     origins: dict[str, OriginConfig] = field(default_factory=dict)
     images: dict[str, ImageConfig] = field(default_factory=dict)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    # Said once at start (and at a reload): problems that do not stop the service, such as
+    # a world-readable file holding secrets.
+    warnings: tuple[str, ...] = ()
 
 
 def default_cache_dir() -> Path:
@@ -195,7 +198,41 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(source, "(file)", exc.strerror or str(exc)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "(toml)", str(exc)) from exc
-    return parse_config(data, source, Path(source).resolve().parent)
+    config = parse_config(data, source, Path(source).resolve().parent)
+    secrets = _inline_secrets(data)
+    if secrets and _world_readable(source):
+        warning = (
+            f"config-world-readable file={source} keys={','.join(secrets)}: any local user can "
+            "read these secrets; chmod o-r the file, or move them to token_file/password_file "
+            "(under systemd: LoadCredential=, see docs/install.md)"
+        )
+        config = dataclasses.replace(config, warnings=(*config.warnings, warning))
+    return config
+
+
+_SECRET_KEYS = ("password", "aws_secret_access_key", "application_credential_secret")
+
+
+def _inline_secrets(data: dict[str, Any]) -> list[str]:
+    """Dotted keys of the secrets written in the config itself (not in a *_file)."""
+    found = []
+    admin = data.get("admin")
+    if isinstance(admin, dict) and "token" in admin:
+        found.append("admin.token")
+    origins = data.get("origins")
+    for name, table in origins.items() if isinstance(origins, dict) else ():
+        if isinstance(table, dict):
+            found += [f"origins.{name}.{key}" for key in _SECRET_KEYS if key in table]
+            if urlsplit(str(table.get("url", ""))).password:
+                found.append(f"origins.{name}.url")
+    return found
+
+
+def _world_readable(path: str) -> bool:
+    try:
+        return bool(os.stat(path).st_mode & 0o004)
+    except OSError:
+        return False
 
 
 def parse_config_text(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
@@ -713,7 +750,15 @@ def _config_path(text: str, base_dir: Path | None) -> Path:
 
 
 def _read_secret(table: _Table, key: str, text: str, base_dir: Path | None) -> str:
+    """A secret from a file. A relative path is looked up first in systemd's
+    $CREDENTIALS_DIRECTORY (LoadCredential=NAME:PATH makes NAME readable there by the
+    service's user alone, even under DynamicUser=), then next to the config file."""
     path = _config_path(text, base_dir)
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and not Path(text).expanduser().is_absolute():
+        candidate = Path(credentials) / text
+        if candidate.exists():
+            path = candidate
     try:
         return path.read_text().strip()
     except OSError as exc:

@@ -341,6 +341,7 @@ class Filler:
                 self._metrics.origin_request_seconds.labels(ref.origin_label).observe(
                     time.monotonic() - started
                 )
+                self._metrics.origin_answered(ref.origin_label)
             if delivered < len(futures):
                 raise OriginError("origin read ended before the fill was complete")
         except asyncio.CancelledError:
@@ -353,6 +354,7 @@ class Filler:
             raise
         except IsocacheError as exc:
             self._metrics.origin_errors.labels(ref.origin_label, exc.error).inc()
+            self._metrics.origin_failed(ref.origin_label, exc)
             log.warning(
                 "fill-failed image=%s chunks=%d+%d error=%s",
                 version.identity,

@@ -5,9 +5,14 @@ Labels are bounded: an origin's configured name, an error kind, never a URL or a
 
 from __future__ import annotations
 
+import platform
+import time
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+
+from isocache import __version__
+from isocache.errors import OriginChanged, OriginError, OriginProtocolError
 
 # Error kinds a fill can end in (errors.py's `error` names): exported at 0 from the start,
 # so a rate() or an alert has a series before the first failure.
@@ -20,12 +25,32 @@ ORIGIN_ERROR_KINDS = (
     "image_not_found",
 )
 CLIENT_METHODS = ("GET", "HEAD")
+# Response body sizes, so whole-image reads do not hide the latency of small ones: up to
+# 64 KiB (probes, 4 KiB guest reads), up to 1 MiB, up to 8 MiB (qemu's 2 MiB + 256 KiB reads;
+# responses gathered before the status line), and longer (streamed) ones.
+SIZE_CLASSES = (("64KiB", 64 * 1024), ("1MiB", 1024 * 1024), ("8MiB", 8 * 1024 * 1024))
+SIZE_LARGE = "larger"
+
+
+def size_class(body_bytes: int) -> str:
+    """The `size` label of a response of `body_bytes`: the smallest bound that holds it."""
+    for label, bound in SIZE_CLASSES:
+        if body_bytes <= bound:
+            return label
+    return SIZE_LARGE
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
+    # /healthz says "degraded" once an origin has failed everything asked of it this long.
+    degraded_after = 60.0
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        # origin label -> monotonic time of its first failure since it last answered
+        self._failing_since: dict[str, float] = {}
         r = self.registry
         self.client_bytes = Counter(
             "isocache_client_bytes", "Body bytes sent to clients", registry=r
@@ -55,8 +80,10 @@ class Metrics:
         )
         self.request_seconds = Histogram(
             "isocache_request_seconds",
-            "Client request duration",
-            ["method"],
+            "Client request duration of image reads (/images, /origins, /v), by method and by "
+            "response body size: size is the smallest of 64KiB, 1MiB, 8MiB that holds it, "
+            "else larger",
+            ["method", "size"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -103,6 +130,16 @@ class Metrics:
             ["member"],
             registry=r,
         )
+        self.cache_size_limit = Gauge(
+            "isocache_cache_size_limit_bytes",
+            "cache.size_limit: the most bytes of chunks the store keeps",
+            registry=r,
+        )
+        Info("isocache_build", "Version of isocache and of Python", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        ProcessCollector(registry=r)
         self.stale_serves = Counter(
             "isocache_stale_if_error",
             "Times a cached version was served because the origin could not be reached",
@@ -110,14 +147,47 @@ class Metrics:
             registry=r,
         )
 
-    def start(self, origin_labels: Iterable[str], cache_bytes: Callable[[], float]) -> None:
+    def start(
+        self,
+        origin_labels: Iterable[str],
+        cache_bytes: Callable[[], float],
+        size_limit: int | None = None,
+    ) -> None:
         """Export every known label value at 0 and read the store's size at each scrape."""
         self.cache_bytes.set_function(cache_bytes)
+        if size_limit is not None:
+            self.cache_size_limit.set(size_limit)
         for method in CLIENT_METHODS:
-            self.request_seconds.labels(method)
+            for size, _ in (*SIZE_CLASSES, (SIZE_LARGE, 0)):
+                self.request_seconds.labels(method, size)
+        self.add_origins(origin_labels)
+
+    def add_origins(self, origin_labels: Iterable[str]) -> None:
+        """Export an origin's series at 0 (at start, and for origins a reload added)."""
         for origin in origin_labels:
             self.origin_bytes.labels(origin)
             self.origin_request_seconds.labels(origin)
             self.stale_serves.labels(origin)
             for kind in ORIGIN_ERROR_KINDS:
                 self.origin_errors.labels(origin, kind)
+
+    def origin_answered(self, origin: str) -> None:
+        """An origin answered a stat or a read: it is not failing."""
+        self._failing_since.pop(origin, None)
+
+    def origin_failed(self, origin: str, error: Exception) -> None:
+        """A stat or a read of an origin failed. Only failures to answer count (unreachable,
+        timed out, 5xx, TLS): a changed file or a malformed reply is still an answer."""
+        if isinstance(error, OriginError) and not isinstance(
+            error, OriginChanged | OriginProtocolError
+        ):
+            self._failing_since.setdefault(origin, time.monotonic())
+
+    def failing_origins(self) -> dict[str, float]:
+        """Origins that have answered nothing for `degraded_after` seconds, with how long."""
+        now = time.monotonic()
+        return {
+            origin: now - since
+            for origin, since in self._failing_since.items()
+            if now - since >= self.degraded_after
+        }

@@ -111,9 +111,11 @@ class Resolver:
         try:
             meta = await ref.origin.stat(ref.url)
         except ImageNotFound:
+            self._metrics.origin_answered(ref.origin_label)
             self._known.pop(ref.url, None)
             raise
         except OriginError as exc:
+            self._metrics.origin_failed(ref.origin_label, exc)  # for /healthz
             stale = entry.version if entry else await self.persisted(ref)
             if stale is None:
                 raise
@@ -127,6 +129,7 @@ class Resolver:
             checked = now - self._revalidate + min(self._revalidate, _STALE_RETRY_INTERVAL)
             self._known[ref.url] = _Known(stale, checked)
             return stale
+        self._metrics.origin_answered(ref.origin_label)
         first_seen = entry.version.first_seen if entry else time.time()
         version = ImageVersion.of(ref, meta, first_seen)
         if entry is None or entry.version.identity != version.identity:

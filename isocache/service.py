@@ -1,4 +1,5 @@
-"""Composition root: config -> store, origins, catalog, fills, reader, HTTP app; start and stop.
+"""Composition root: config -> store, origins, catalog, fills, reader, HTTP app; start, reload
+(SIGHUP) and stop.
 
 Nothing else constructs these parts; tests start a Service with a config of their own.
 """
@@ -6,8 +7,11 @@ Nothing else constructs these parts; tests start a Service with a config of thei
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -26,7 +30,7 @@ from isocache.front.images import FrontSettings, ImageHandlers
 from isocache.front.peer import PeerHandlers
 from isocache.image import ImageRef
 from isocache.metrics import Metrics
-from isocache.origins.base import FetchLimits
+from isocache.origins.base import FetchLimits, Origin
 from isocache.origins.peer import PeerClient
 from isocache.origins.registry import Backends
 from isocache.reader import Reader
@@ -38,6 +42,14 @@ log = logging.getLogger(__name__)
 
 # Longest a graceful stop waits for responses in progress (SIGTERM must end within 10 s).
 _SHUTDOWN_TIMEOUT = 5.0
+
+
+class StartupError(Exception):
+    """The service could not start (its port in use, ...): str() is one line for the user."""
+
+
+# What a reload applies; everything else keeps its running value until a restart.
+RELOADED = ("origins", "images", "admin")
 
 
 class Service:
@@ -54,6 +66,9 @@ class Service:
             on_evict=self.metrics.evictions.inc,
         )
         self._backends: Backends | None = None
+        # Backends of origins a reload removed or changed: a response or a prewarm that
+        # started before may still read through them, so they are closed at stop.
+        self._retired: list[Origin] = []
         self.catalog: Catalog | None = None
         self.filler: Filler | None = None
         self.prewarm: PrewarmManager | None = None
@@ -70,14 +85,18 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
+        for warning in config.warnings:
+            log.warning("%s", warning)
         try:
             await self.store.open()
         except StoreDirError as exc:
             raise ConfigError(config.source, "cache.dir", str(exc)) from None
-        self.metrics.start([*config.origins, IMAGES_LABEL], lambda: float(self.store.bytes_used))
-        self._backends = Backends(
-            config, lambda url: self.catalog is not None and self.catalog.is_allowed(url)
+        self.metrics.start(
+            [*config.origins, IMAGES_LABEL],
+            lambda: float(self.store.bytes_used),
+            size_limit=config.cache.size_limit,
         )
+        self._backends = Backends(config, self._is_allowed)
         self.catalog = Catalog(config, self._backends)
         self.resolver = resolver = Resolver(
             self.store, self.metrics, revalidate=config.cache.revalidate
@@ -143,6 +162,7 @@ class Service:
             lookup=self._lookup,
             image_pinned_sizes=self.admin.pinned_sizes,
         )
+        await self.verifier.restore()
         # Every pin is known before anything can evict: run-time images, attachments, config.
         await self.admin.restore()
         await self.attachments.restore()
@@ -177,7 +197,13 @@ class Service:
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, config.server.host, config.server.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            where = f"{config.server.host}:{config.server.port}"
+            # asyncio words the bind error itself; the errno's own text is the short one.
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise StartupError(f"cannot listen on {where}: {reason}") from None
         # aiohttp exposes the bound port (port 0 in tests) only through the server's sockets.
         sockets = getattr(site._server, "sockets", None)
         if sockets:
@@ -202,6 +228,48 @@ class Service:
                 elif not self.store.is_pinned(name):
                     await self.store.pin(name, None)
 
+    def _is_allowed(self, url: str) -> bool:
+        return self.catalog is not None and self.catalog.is_allowed(url)
+
+    async def reload(self, config: Config) -> None:
+        """Apply a new config's origins, images and admin token in place: the store, the
+        responses in progress and the client connections stay. Backends of unchanged origins
+        are kept (with their pools); keys a reload cannot change (server, cache, fetch, cluster) are
+        logged and keep their running values. Raises ConfigError, having changed nothing,
+        when a new origin cannot be set up."""
+        assert self.catalog is not None and self._backends is not None
+        old = self.config
+        for key in _changed_keys(old, config):
+            log.warning(
+                "reload-needs-restart file=%s key=%s: keeps its running value until a restart",
+                config.source,
+                key,
+            )
+        config = dataclasses.replace(
+            config, server=old.server, cache=old.cache, fetch=old.fetch, cluster=old.cluster
+        )
+        previous = self._backends
+        backends = Backends(config, self._is_allowed, previous)  # the only step that can fail
+        self._retired += backends.retired(previous)
+        self._backends = backends
+        for name in self.catalog.reload(config, backends):
+            log.warning(
+                "reload-image-dropped image=%s reason=now configured, or no longer under an origin",
+                name,
+            )
+        self.admin.set_token(config.admin.token)
+        self.metrics.add_origins(config.origins)
+        self.config = config
+        for warning in config.warnings:
+            log.warning("%s", warning)
+        await self._restore_pins(self.resolver)
+        log.info(
+            "reloaded file=%s origins=%d images=%d",
+            config.source,
+            len(config.origins),
+            len(self.catalog.images()),
+        )
+
     def _lookup(self, target: dict[str, str]) -> ImageRef:
         """A prewarm target: {"image": NAME} or {"path": "/origins/NAME/<path>"}."""
         assert self.catalog is not None
@@ -214,6 +282,7 @@ class Service:
         return self.catalog.origin_file(origin, rest)
 
     async def stop(self) -> None:
+        started = self._runner is not None  # else a failed start: nothing to say "stopped" of
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -226,20 +295,73 @@ class Service:
             await self._backends.close()
         if self._peer_client is not None:
             await self._peer_client.close()
+        for backend in self._retired:
+            await backend.close()
         await self.store.close()
-        log.info("stopped")
+        if started:
+            log.info("stopped")
 
 
-async def run(config: Config) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly."""
+def _changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys outside origins, images and admin whose value differs."""
+    keys = []
+    for table in ("server", "cache", "fetch", "cluster"):
+        before, after = getattr(old, table), getattr(new, table)
+        for item in dataclasses.fields(before):
+            if getattr(before, item.name) != getattr(after, item.name):
+                keys.append(f"{table}.{item.name}")
+    return keys
+
+
+async def run(config: Config, reload: Callable[[], Config] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly. SIGHUP reloads origins, images and
+    the admin token from `reload()` (the config file read again); a bad new config is logged
+    in one line naming the file and the key, and the running one kept.
+
+    Raises ConfigError or StartupError (one line each) when the service cannot start."""
     service = Service(config)
-    await service.start()
+    try:
+        await service.start()
+    except BaseException as exc:
+        await service.stop()
+        if isinstance(exc, ConfigError | StartupError) or not isinstance(exc, Exception):
+            raise
+        log.debug("start-up failed", exc_info=True)
+        raise StartupError(f"start-up failed: {type(exc).__name__}: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloading = asyncio.Lock()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload_now() -> None:
+        async with reloading:  # one at a time, in the order the signals came
+            if reload is None:
+                log.warning("reload-skipped reason=started without --config: nothing to read")
+                return
+            try:
+                await service.reload(reload())
+            except ConfigError as exc:
+                log.error(
+                    "reload-failed file=%s key=%s error=%s; the running config is kept",
+                    exc.file,
+                    exc.key,
+                    exc.message,
+                )
+            except Exception as exc:
+                log.exception("reload-failed error=%s; the running config is kept", exc)
+
+    def on_hup() -> None:
+        task = loop.create_task(reload_now(), name="reload")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         await stop.wait()
         log.info("stopping")
     finally:
+        for task in list(tasks):
+            await task
         await service.stop()

@@ -8,16 +8,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sqlite3
 
 from isocache.errors import OriginError
 from isocache.image import ImageVersion
 from isocache.lru import LruDict
 from isocache.store import ChunkStore
+from isocache.urls import redact_url
 
 log = logging.getLogger(__name__)
 
 _READ = 4 * 1024 * 1024
 RESULTS_KEPT = 4096
+_STATE = "verified/"  # + identity: saved when a version matched, so a restart remembers it
 
 
 def expected_digest(version: ImageVersion) -> tuple[str, str] | None:
@@ -43,9 +46,24 @@ class Verifier:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def restore(self) -> None:
+        """Take back the versions an earlier run verified, for those that still have chunks
+        (so `status` says the same before and after a restart); forget the others."""
+        for key in await self._store.load_states(_STATE):
+            identity = key[len(_STATE) :]
+            if self._store.chunk_count(identity):
+                self._results[identity] = True
+            else:
+                await self._store.delete_state(key)
+
     def result(self, identity: str) -> bool | None:
-        """True or False once verified, None when not (yet) verified."""
-        return self._results.get(identity)
+        """True or False once verified, None when not (yet) verified. A success says nothing
+        once none of the version's chunks are cached (None); a failure stands until an evict
+        or a verify clears it, since requests for the version fail until then."""
+        result = self._results.get(identity)
+        if result and not self._store.chunk_count(identity):
+            return None
+        return result
 
     def forget(self, identity: str) -> None:
         """Drop what is known of this version (after an evict or an admin's verify), so a
@@ -111,16 +129,29 @@ class Verifier:
         ok = got == want
         self._results[version.identity] = ok
         if ok:
-            log.info("verify-ok image=%s %s=%s", version.identity, algo, got)
+            log.info(
+                "verify-ok image=%s identity=%s %s=%s", _name(version), version.identity, algo, got
+            )
+            try:
+                await self._store.save_state(_STATE + version.identity, True)
+            except (OSError, sqlite3.Error) as exc:  # a full disk: known until a restart only
+                log.warning("verify-save-failed image=%s error=%s", _name(version), exc)
             return True
         message = (
             f"image failed verification: {algo} of the data is {got}, "
             f"but {want} was expected; its cached chunks were dropped"
         )
         self._failures[version.identity] = message
-        log.error("verify-failed image=%s %s", version.identity, message)
+        log.error(
+            "verify-failed image=%s identity=%s %s", _name(version), version.identity, message
+        )
         await self._store.drop_image(version.identity)
         return False
+
+
+def _name(version: ImageVersion) -> str:
+    """What an operator calls the image: its name, else its (redacted) URL."""
+    return version.ref.name or redact_url(version.ref.url)
 
 
 def _hash_files(algo: str, paths: list[str]) -> str:

@@ -60,7 +60,7 @@ async def test_prewarm_wait_status_evict_pin_verify(
     assert image["cached_bytes"] == SIZE and image["size"] == SIZE
     result = await cli("status", *server)
     assert result.returncode == 0 and "NAME" in result.stdout and "100%" in result.stdout
-    result = await cli("verify", "img", *server)
+    result = await cli("verify", "img", "--json", *server)
     assert result.returncode == 0 and json.loads(result.stdout)["chunks_ok"] == 21
     assert (await cli("pin", "img", *server)).returncode == 0
     status = json.loads((await cli("status", "--json", *server)).stdout)

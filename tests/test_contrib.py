@@ -31,5 +31,5 @@ def test_dashboard_uses_only_exported_metrics() -> None:
 
 def test_systemd_unit_runs_serve() -> None:
     unit = (ROOT / "contrib" / "isocache.service").read_text()
-    assert "ExecStart=/usr/local/bin/isocache serve --config" in unit
+    assert "ExecStart=/opt/isocache/bin/isocache serve --config" in unit
     assert "CacheDirectory=isocache" in unit and "NoNewPrivileges=yes" in unit

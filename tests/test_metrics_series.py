@@ -43,7 +43,9 @@ async def test_labelled_series_exist_at_zero_from_the_start(
             key = ("isocache_origin_errors_total", (("kind", kind), ("origin", label)))
             assert samples[key] == 0, key
     for method in ("GET", "HEAD"):
-        assert samples[("isocache_request_seconds_count", (("method", method),))] == 0
+        for size in ("64KiB", "1MiB", "8MiB", "larger"):
+            key = ("isocache_request_seconds_count", (("method", method), ("size", size)))
+            assert samples[key] == 0
     assert samples[("isocache_cache_bytes", ())] == 0
 
 

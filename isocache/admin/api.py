@@ -65,6 +65,10 @@ class AdminApi:
         self._prewarm = prewarm
         self.attachments: Attachments | None = None  # set by the service: their pins count
 
+    def set_token(self, token: str | None) -> None:
+        """A reloaded config's [admin] token: every later request is checked against it."""
+        self._token = token
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/api/openapi.json", self.openapi),

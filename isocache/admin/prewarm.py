@@ -22,6 +22,7 @@ from isocache.image import ImageRef, ImageVersion
 from isocache.ranges import ByteRange, parse_range
 from isocache.resolver import Resolver
 from isocache.store import ChunkStore
+from isocache.urls import redact_url
 from isocache.verify import Verifier, expected_digest
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class PrewarmManager:
                 continue
             self._jobs[job.id] = job
             if job.state in ACTIVE:
-                log.info("prewarm-resume id=%s target=%s", job.id, job.target)
+                log.info("prewarm-resume id=%s image=%s", job.id, _shown(job.target))
                 job.state = "queued"
                 self._start(job)
         await self._prune()
@@ -208,7 +209,13 @@ class PrewarmManager:
             log.exception("prewarm-crashed id=%s", job.id)
             job.state, job.error = "failed", f"internal error: {type(exc).__name__}"
         job.finished = time.time()
-        log.info("prewarm-end id=%s state=%s bytes=%d", job.id, job.state, job.bytes_done)
+        log.info(
+            "prewarm-end id=%s image=%s state=%s bytes=%d",
+            job.id,
+            _shown(job.target),
+            job.state,
+            job.bytes_done,
+        )
         await self._save(job)
         await self._prune()
 
@@ -299,7 +306,8 @@ class PrewarmManager:
         else:
             reason = "the store refused writes or other reads evicted them before the job ended"
         log.warning(
-            "prewarm-incomplete image=%s cached=%d total=%d reason=%s",
+            "prewarm-incomplete image=%s identity=%s cached=%d total=%d reason=%s",
+            version.ref.name or redact_url(version.ref.url),
             version.identity,
             kept,
             total,
@@ -346,3 +354,8 @@ class PrewarmManager:
                 length = version.chunk_length(index, chunk_size)
                 job.fetched += length
                 job.bytes_done = min(total, job.bytes_done + length)
+
+
+def _shown(target: dict[str, str]) -> str:
+    """A job's target as an operator names it: the image name, or the /origins/ path."""
+    return target.get("image") or target.get("path") or "?"

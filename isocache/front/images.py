@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -84,7 +83,6 @@ class ImageHandlers:
             attachment = self._attachments.by_identity(request.match_info["identity"])
         if attachment is None or self._attachments is None:
             raise NotFound("no attachment serves this URL")
-        started = time.monotonic()
         try:
             return await self._respond(request, self._attachments.version(attachment))
         except (OriginChanged, Gone) as exc:
@@ -92,8 +90,6 @@ class ImageHandlers:
             if isinstance(exc, OriginChanged):
                 await self._attachments.broken(attachment, exc)
             raise Gone(self._attachments.gone_detail(attachment)) from None
-        finally:
-            self._metrics.request_seconds.labels(request.method).observe(time.monotonic() - started)
 
     async def image(self, request: web.Request) -> web.StreamResponse:
         self._check_method(request)
@@ -126,21 +122,18 @@ class ImageHandlers:
             response.force_close()
 
     async def _serve(self, request: web.Request, ref: ImageRef) -> web.StreamResponse:
-        started = time.monotonic()
-        try:
-            for attempt in range(2):
-                version = await self._resolver.resolve(ref)
-                self._verifier.check(version)
-                try:
-                    return await self._respond(request, version)
-                except OriginChanged:
-                    # Nothing was sent yet: learn the new version and answer from it alone.
-                    self._resolver.invalidate(ref.url)
-                    if attempt:
-                        raise
-            raise AssertionError("unreachable")
-        finally:
-            self._metrics.request_seconds.labels(request.method).observe(time.monotonic() - started)
+        # Timed by front/app.py's middleware (isocache_request_seconds{method, size}).
+        for attempt in range(2):
+            version = await self._resolver.resolve(ref)
+            self._verifier.check(version)
+            try:
+                return await self._respond(request, version)
+            except OriginChanged:
+                # Nothing was sent yet: learn the new version and answer from it alone.
+                self._resolver.invalidate(ref.url)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     async def respond(self, request: web.Request, version: ImageVersion) -> web.StreamResponse:
         """Answer a HEAD or GET (with its Range) from exactly `version`."""

@@ -20,15 +20,32 @@ from isocache.origins.validate import ValidatedOrigin
 
 
 class Backends:
-    def __init__(self, config: Config, is_allowed: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        is_allowed: Callable[[str], bool],
+        previous: Backends | None = None,
+    ) -> None:
+        """`previous`: the backends before a reload, whose shared HTTP pool and whose
+        backends of unchanged origins are taken over (pools, sessions and all)."""
         fetch = config.fetch
         limits = FetchLimits(
             fetch.connect_timeout, fetch.read_timeout, fetch.retries, fetch.max_connections
         )
-        self.http = HttpOrigin(is_allowed=is_allowed, limits=limits)
+        self.http: HttpOrigin = (
+            previous.http if previous else HttpOrigin(is_allowed=is_allowed, limits=limits)
+        )
         self._backends: list[Origin] = [self.http]
         self._by_origin: dict[str, Origin] = {}
+        self._own: dict[str, Origin] = {}  # origin name -> the backend it alone uses
+        self._configs = dict(config.origins)
         for name, origin in config.origins.items():
+            if previous is not None and previous._configs.get(name) == origin:
+                self._by_origin[name] = previous._by_origin[name]
+                if name in previous._own:
+                    self._own[name] = previous._own[name]
+                    self._backends.append(previous._own[name])
+                continue
             backend: Origin
             if origin.kind == "glance":
                 backend = GlanceOrigin(origin, limits)
@@ -48,6 +65,7 @@ class Backends:
                 backend = self.http
             if backend is not self.http:
                 self._backends.append(backend)
+                self._own[name] = backend
             self._by_origin[name] = ValidatedOrigin(backend, name, origin.validate)
             if isinstance(backend, FileOrigin) and backend.direct:
                 # cache = false: the front sends from the file itself, and must see that.
@@ -60,6 +78,10 @@ class Backends:
         if name is None:
             return self._outside
         return self._by_origin[name]
+
+    def retired(self, previous: Backends) -> list[Origin]:
+        """The backends of `previous` that these no longer use (removed or changed origins)."""
+        return [b for b in previous._backends if b not in self._backends]
 
     async def close(self) -> None:
         for backend in self._backends:
