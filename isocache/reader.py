@@ -86,6 +86,34 @@ class Reader:
         stop = min(rng.stop, base + self.chunk_size)
         return Piece(source, start - base, stop - start)
 
+    async def open_hits(self, version: ImageVersion, rng: ByteRange) -> list[Piece] | None:
+        """The pieces of `rng` when every chunk of it is stored (a warm read), opened without
+        any fill machinery; None when one is missing (the caller then uses `gather`)."""
+        identity, size = version.identity, self.chunk_size
+        indexes = range(rng.start // size, (rng.stop - 1) // size + 1)
+        contains = self._store.contains
+        if not all(contains(identity, index) for index in indexes):
+            return None
+        counted_until = self._note_read(version, [rng])
+        pieces: list[Piece] = []
+        for index in indexes:
+            source = await self._store.open_chunk(
+                identity,
+                index,
+                version.chunk_length(index, size),
+                count=index * size >= counted_until,
+            )
+            if source is None:  # dropped as damaged just now: the full path refetches it
+                for piece in pieces:
+                    if not isinstance(piece.source, bytes):
+                        piece.source.close()
+                return None
+            pieces.append(self._piece(source, index, rng))
+        self._metrics.chunk_hits.inc(len(pieces))
+        if (stats := current_stats.get()) is not None:
+            stats.hits += len(pieces)
+        return pieces
+
     async def gather(self, version: ImageVersion, ranges: Sequence[ByteRange]) -> Chunks:
         """Make every chunk of `ranges` available before anything is sent.
 

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from isocache.admin.api import AdminApi
 from isocache.admin.prewarm import PrewarmManager
 from isocache.front.access_log import access_log_middleware
+from isocache.front.access_log import log as access_log
 from isocache.front.errors import error_middleware
 from isocache.front.images import ImageHandlers
 from isocache.metrics import Metrics, size_class
@@ -69,7 +70,8 @@ def build_app(
     extra_routes: list[web.RouteDef] | None = None,
 ) -> web.Application:
     middlewares = [request_metrics_middleware(metrics), error_middleware]
-    if access_log_level is not None:
+    # Left out when its logger would drop every line: each middleware costs every hit.
+    if access_log_level is not None and access_log.isEnabledFor(access_log_level):
         middlewares.insert(0, access_log_middleware(access_log_level))
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
 

@@ -184,6 +184,10 @@ class ImageHandlers:
         if isinstance(origin, FileOrigin) and origin.direct:
             return await self._send_direct(request, response, version, origin, ranges, framing)
         total = sum(r.length for r in ranges)
+        if total <= GATHER_LIMIT and framing is None:
+            pieces = await self._reader.open_hits(version, ranges[0])
+            if pieces is not None:  # the warm read: every chunk stored
+                return await self._send_hits(request, response, pieces)
         if total <= GATHER_LIMIT:
             chunks = await self._reader.gather(version, ranges)
             try:
@@ -217,6 +221,22 @@ class ImageHandlers:
             return response
         except ConnectionError:
             return response
+        await response.write_eof()
+        return response
+
+    async def _send_hits(
+        self, request: web.Request, response: web.StreamResponse, pieces: list[Piece]
+    ) -> web.StreamResponse:
+        try:
+            await response.prepare(request)
+            for piece in pieces:
+                await self._send_piece(request, response, piece)
+        except ConnectionError:
+            return response
+        finally:
+            for piece in pieces:
+                if not isinstance(piece.source, bytes):
+                    piece.source.close()
         await response.write_eof()
         return response
 
