@@ -10,8 +10,8 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
 
+from isocache.chunk_files import ChunkSource
 from isocache.cluster import SERVING_PEER
 from isocache.fill import Filler
 from isocache.image import ImageVersion
@@ -26,13 +26,14 @@ _QEMU_READAHEAD = 256 * 1024
 _RECENT_READS = 16
 # Images whose recent reads are remembered for readahead: the least recently read drop out.
 RECENT_IMAGES = 1024
+_Read = tuple[int, int, int, int]  # start, earliest continuing start, latest one, stop
 
 
 @dataclass(slots=True)
 class Piece:
     """`length` bytes at `offset` of `source`: an open chunk file or the chunk's bytes."""
 
-    source: BinaryIO | bytes
+    source: ChunkSource | bytes
     offset: int
     length: int
 
@@ -41,12 +42,12 @@ class Chunks:
     """The chunks a response is made of, held open until `close()`."""
 
     def __init__(self) -> None:
-        self._sources: dict[int, BinaryIO | bytes] = {}
+        self._sources: dict[int, ChunkSource | bytes] = {}
 
-    def add(self, index: int, source: BinaryIO | bytes) -> None:
+    def add(self, index: int, source: ChunkSource | bytes) -> None:
         self._sources[index] = source
 
-    def get(self, index: int) -> BinaryIO | bytes:
+    def get(self, index: int) -> ChunkSource | bytes:
         return self._sources[index]
 
     def close(self) -> None:
@@ -74,13 +75,15 @@ class Reader:
         self.chunk_size = store.chunk_size
         self._readahead_chunks = readahead // self.chunk_size
         self._parallel = max(1, max_per_image)
-        self._recent: LruDict[str, collections.deque[tuple[int, int]]] = LruDict(RECENT_IMAGES)
+        self._recent: LruDict[str, collections.deque[tuple[int, int, int, int]]] = LruDict(
+            RECENT_IMAGES
+        )
 
     def pieces(self, chunks: Chunks, rng: ByteRange) -> list[Piece]:
         """The pieces of `rng`, all of whose chunks `chunks` holds."""
         return [self._piece(chunks.get(i), i, rng) for i in rng.chunk_indexes(self.chunk_size)]
 
-    def _piece(self, source: BinaryIO | bytes, index: int, rng: ByteRange) -> Piece:
+    def _piece(self, source: ChunkSource | bytes, index: int, rng: ByteRange) -> Piece:
         base = index * self.chunk_size
         start = max(rng.start, base)
         stop = min(rng.stop, base + self.chunk_size)
@@ -192,7 +195,7 @@ class Reader:
         started: set[int],
         held: asyncio.Future[bytes] | None = None,
         count: bool = True,
-    ) -> BinaryIO | bytes:
+    ) -> ChunkSource | bytes:
         """A chunk from the store, else from its fill: the one in flight, the one this
         response `held` (unless it failed: then a new fill), or a new one. `count`: this is
         a read the eviction policy should see (not the overlap of a continued read)."""
@@ -241,15 +244,14 @@ class Reader:
             return 0
         recent = self._recent.setdefault(version.identity, collections.deque(maxlen=_RECENT_READS))
         start, stop = ranges[0].start, ranges[-1].stop
+        # Each entry: (start, earliest start that continues it, latest one, stop).
         continued = [
             earlier_stop
-            for earlier_start, earlier_stop in recent
-            if earlier_start < start
-            and earlier_stop - min(_QEMU_READAHEAD, (earlier_stop - earlier_start) // 4)
-            <= start
-            <= earlier_stop + self.chunk_size
+            for earlier_start, lowest, highest, earlier_stop in recent
+            if lowest <= start <= highest and earlier_start < start
         ]
-        recent.append((start, stop))
+        lowest = stop - min(_QEMU_READAHEAD, (stop - start) // 4)
+        recent.append((start, lowest, stop + self.chunk_size, stop))
         counted_until = max(continued, default=0)
         if not continued or self._readahead_chunks <= 0 or SERVING_PEER.get():
             # A member reading from this owner reads ahead itself, by ownership.

@@ -174,7 +174,9 @@ class Resolver:
 def _as(ref: ImageRef, version: ImageVersion) -> ImageVersion:
     """The version as read through `ref`: versions are known per URL, and two images (or an
     image and an origin path) may share one URL while only one of them has a sha256."""
-    return version if version.ref == ref else dataclasses.replace(version, ref=ref)
+    if version.ref is ref or version.ref == ref:  # the identity test first: the hit path
+        return version
+    return dataclasses.replace(version, ref=ref)
 
 
 def _meta_record(version: ImageVersion) -> dict[str, object]:

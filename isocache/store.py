@@ -26,10 +26,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 import diskcache
 
+from isocache.chunk_files import ChunkFiles, ChunkSource
 from isocache.errors import StoreError
 from isocache.eviction import S3Fifo
 from isocache.units import MiB
@@ -109,6 +110,7 @@ class ChunkStore:
         self._cache: Any = None
         self._index: dict[str, ChunkRecord] = {}
         self._policy = S3Fifo(size_limit)  # eviction order (docs/ARCHITECTURE.md)
+        self._files = ChunkFiles()  # open files of hot chunks
         self._pins: dict[str, str | None] = {}  # owner (image name) -> pinned identity
         self._meta: OrderedDict[str, str] = OrderedDict()  # URL with metadata -> identity
         self._chunk_counts: collections.Counter[str] = collections.Counter()
@@ -290,6 +292,7 @@ class ChunkStore:
                 await self._run(self._cache.close)
         finally:
             self._cache = None
+            self._files.close()
             self._release_lock()
             self._executor.shutdown(wait=True)
 
@@ -317,7 +320,7 @@ class ChunkStore:
 
     async def open_chunk(
         self, identity: str, index: int, length: int, *, count: bool = True
-    ) -> BinaryIO | bytes | None:
+    ) -> ChunkSource | bytes | None:
         """Return the chunk as an open file (caller closes it) or as bytes; None on a miss.
 
         A chunk not yet verified by this process is read whole and checked against its
@@ -339,18 +342,21 @@ class ChunkStore:
                 return None
             record.verified = True
             return data
+        shared = self._files.get(key)
+        if shared is not None:
+            return shared
         try:
             # Opening a file whose inode is in the page cache takes microseconds; an executor
             # hop would cost more than the open on the hit path.
-            file = open(record.path, "rb", buffering=0)  # noqa: SIM115, ASYNC230 - caller closes
+            fd = os.open(record.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             await self._forget(key, "value file missing")
             return None
-        if os.fstat(file.fileno()).st_size != length:
-            file.close()
+        if os.fstat(fd).st_size != length:
+            os.close(fd)
             await self._forget(key, "value file has the wrong size")
             return None
-        return file
+        return self._files.add(key, fd)
 
     @staticmethod
     def _read_blocking(path: str) -> bytes | None:
@@ -369,6 +375,7 @@ class ChunkStore:
     def _remove(self, key: str) -> ChunkRecord | None:
         record = self._index.pop(key, None)
         self._policy.remove(key)
+        self._files.forget(key)
         if record is not None:
             self._bytes_used -= record.length
             self._touched.discard(key)

@@ -14,12 +14,13 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, cast
 
 from aiohttp import web
 
 from isocache.attachments import Attachments
 from isocache.catalog import Catalog
+from isocache.chunk_files import ChunkSource
 from isocache.config import redact_url
 from isocache.errors import Gone, IsocacheError, MethodNotAllowed, NotFound, OriginChanged
 from isocache.front.listing import serve_listing
@@ -229,8 +230,18 @@ class ImageHandlers:
     ) -> web.StreamResponse:
         try:
             await response.prepare(request)
-            for piece in pieces:
-                await self._send_piece(request, response, piece)
+            if self._settings.sendfile:
+                sent = 0
+                for piece in pieces:
+                    if isinstance(piece.source, bytes):
+                        await self._send_piece(request, response, piece)
+                    else:
+                        await self._sendfile(request, piece.source, piece)
+                        sent += piece.length
+                self._count_sent(sent)  # once per response: a counter takes a lock
+            else:
+                for piece in pieces:
+                    await self._send_piece(request, response, piece)
         except ConnectionError:
             return response
         finally:
@@ -291,12 +302,15 @@ class ImageHandlers:
             await self._sendfile(request, source, piece)
         else:
             await self._buffered(response, source, piece)
-        self._metrics.client_bytes.inc(piece.length)
+        self._count_sent(piece.length)
+
+    def _count_sent(self, length: int) -> None:
+        self._metrics.client_bytes.inc(length)
         if (stats := current_stats.get()) is not None:
-            stats.body_bytes = (stats.body_bytes or 0) + piece.length
+            stats.body_bytes = (stats.body_bytes or 0) + length
 
     @staticmethod
-    async def _sendfile(request: web.Request, source: BinaryIO, piece: Piece) -> None:
+    async def _sendfile(request: web.Request, source: ChunkSource, piece: Piece) -> None:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("client went away")
@@ -316,10 +330,12 @@ class ImageHandlers:
             except BlockingIOError:
                 pass
         if remaining:
-            await asyncio.get_running_loop().sendfile(transport, source, offset, remaining)
+            # asyncio's native sendfile uses fileno() and seek() only (os.sendfile at offsets).
+            file = cast(IO[bytes], source)
+            await asyncio.get_running_loop().sendfile(transport, file, offset, remaining)
 
     @staticmethod
-    async def _buffered(response: web.StreamResponse, source: BinaryIO, piece: Piece) -> None:
+    async def _buffered(response: web.StreamResponse, source: ChunkSource, piece: Piece) -> None:
         loop = asyncio.get_running_loop()
         offset, remaining = piece.offset, piece.length
         while remaining:
@@ -333,5 +349,5 @@ class ImageHandlers:
             remaining -= len(data)
 
 
-def _pread(source: BinaryIO, offset: int, length: int) -> bytes:
+def _pread(source: ChunkSource, offset: int, length: int) -> bytes:
     return os.pread(source.fileno(), length, offset)
