@@ -13,7 +13,8 @@ import os
 from collections import OrderedDict
 from typing import Protocol
 
-FILES_KEPT = 256  # descriptors held open at most, beyond those responses are using
+# Descriptors held open at most, beyond those responses are using: a 1 GiB image's chunks.
+FILES_KEPT = 1024
 
 
 class ChunkSource(Protocol):

@@ -7,9 +7,11 @@ Nothing else constructs these parts; tests start a Service with a config of thei
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import resource
 import signal
 from collections.abc import Callable
 
@@ -85,6 +87,7 @@ class Service:
 
     async def start(self) -> None:
         config = self.config
+        _raise_open_files_limit()
         for warning in config.warnings:
             log.warning("%s", warning)
         try:
@@ -300,6 +303,16 @@ class Service:
         await self.store.close()
         if started:
             log.info("stopped")
+
+
+def _raise_open_files_limit() -> None:
+    """Chunk files kept open and client connections both take descriptors; systemd's
+    default soft limit (1024) is lower than the hard one (524288) for that reason."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft != resource.RLIM_INFINITY and soft < min(wanted, 65536):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, 65536), hard))
 
 
 def _changed_keys(old: Config, new: Config) -> list[str]:
