@@ -31,6 +31,7 @@ from isocache.origins.peer import PeerClient
 from isocache.origins.registry import Backends
 from isocache.reader import Reader
 from isocache.resolver import Resolver
+from isocache.state import ServiceState
 from isocache.store import ChunkStore, StoreDirError
 from isocache.verify import Verifier
 
@@ -53,6 +54,7 @@ class Service:
             chunk_size=cache.chunk_size,
             on_evict=self.metrics.evictions.inc,
         )
+        self.state = ServiceState(self.store)  # jobs, run-time images, origin metadata
         self._backends: Backends | None = None
         self.catalog: Catalog | None = None
         self.filler: Filler | None = None
@@ -74,13 +76,14 @@ class Service:
             await self.store.open()
         except StoreDirError as exc:
             raise ConfigError(config.source, "cache.dir", str(exc)) from None
+        await self.state.open()
         self.metrics.start([*config.origins, IMAGES_LABEL], lambda: float(self.store.bytes_used))
         self._backends = Backends(
             config, lambda url: self.catalog is not None and self.catalog.is_allowed(url)
         )
         self.catalog = Catalog(config, self._backends)
         self.resolver = resolver = Resolver(
-            self.store, self.metrics, revalidate=config.cache.revalidate
+            self.store, self.metrics, state=self.state, revalidate=config.cache.revalidate
         )
         self.cluster: Cluster | None = None
         if config.cluster.enabled:
@@ -117,6 +120,7 @@ class Service:
             lookup=self._lookup,
             resolver=resolver,
             store=self.store,
+            state=self.state,
             filler=self.filler,
             verifier=self.verifier,
             parallel=config.fetch.max_connections_per_image,
@@ -126,11 +130,14 @@ class Service:
             catalog=self.catalog,
             resolver=resolver,
             store=self.store,
+            state=self.state,
             verifier=self.verifier,
             prewarm=self.prewarm,
             origins=config.origins,
         )
-        self.attachments = Attachments(catalog=self.catalog, resolver=resolver, store=self.store)
+        self.attachments = Attachments(
+            catalog=self.catalog, resolver=resolver, store=self.store, state=self.state
+        )
         self.admin.attachments = self.attachments
         self.prewarm.attachment_version = lambda attachment_id: self.attachments.version(
             self.attachments.get(attachment_id)
@@ -226,6 +233,7 @@ class Service:
             await self._backends.close()
         if self._peer_client is not None:
             await self._peer_client.close()
+        await self.state.close()
         await self.store.close()
         log.info("stopped")
 
