@@ -22,6 +22,7 @@ from isocache.errors import Conflict, Gone, NotFound, OriginChanged
 from isocache.image import ImageRef, ImageVersion
 from isocache.origins.base import ListEntry, OriginMeta
 from isocache.resolver import Resolver
+from isocache.state import ServiceState
 from isocache.store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -106,17 +107,20 @@ class _GoneOrigin:
 class Attachments:
     """The attachments of this host, keyed by id. Use on the event loop."""
 
-    def __init__(self, *, catalog: Catalog, resolver: Resolver, store: ChunkStore) -> None:
+    def __init__(
+        self, *, catalog: Catalog, resolver: Resolver, store: ChunkStore, state: ServiceState
+    ) -> None:
         self._catalog = catalog
         self._resolver = resolver
         self._store = store
+        self._state = state
         self._by_id: dict[str, Attachment] = {}
 
     # -- life cycle -----------------------------------------------------------------------
 
     async def restore(self) -> None:
         """Load saved attachments and make sure every attached version is pinned."""
-        for key, record in (await self._store.load_states(_STATE)).items():
+        for key, record in (await self._state.load_states(_STATE)).items():
             try:
                 attachment = Attachment.of_record(record)
             except (KeyError, TypeError, ValueError) as exc:
@@ -219,7 +223,7 @@ class Attachments:
             await self._save(attachment)
 
     async def _save(self, attachment: Attachment) -> None:
-        await self._store.save_state(_STATE + attachment.id, attachment.record())
+        await self._state.save_state(_STATE + attachment.id, attachment.record())
 
     async def _prune(self) -> None:
         """Forget detached attachments whose chunks are all gone, and the oldest beyond
@@ -231,4 +235,4 @@ class Attachments:
                 or index < len(detached) - DETACHED_KEPT
             ):
                 del self._by_id[attachment.id]
-                await self._store.delete_state(_STATE + attachment.id)
+                await self._state.delete_state(_STATE + attachment.id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Protocol
 
 # Descriptors held open at most, beyond those responses are using: a 1 GiB image's chunks.
@@ -73,19 +74,19 @@ class ChunkFiles:
 
     def __init__(self, limit: int = FILES_KEPT) -> None:
         self._limit = limit
-        self._files: OrderedDict[str, _OpenFile] = OrderedDict()
+        self._files: OrderedDict[Hashable, _OpenFile] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._files)
 
-    def get(self, key: str) -> SharedChunk | None:
+    def get(self, key: Hashable) -> SharedChunk | None:
         file = self._files.get(key)
         if file is None:
             return None
         self._files.move_to_end(key)
         return SharedChunk(file)
 
-    def add(self, key: str, fd: int) -> SharedChunk:
+    def add(self, key: Hashable, fd: int) -> SharedChunk:
         """Keep `fd` (an open, checked chunk file) and hand out the first reference."""
         self.forget(key)
         file = _OpenFile(fd)
@@ -96,7 +97,7 @@ class ChunkFiles:
             oldest.uncache()
         return shared
 
-    def forget(self, key: str) -> None:
+    def forget(self, key: Hashable) -> None:
         """The chunk left the store: close its file once no response uses it."""
         file = self._files.pop(key, None)
         if file is not None:

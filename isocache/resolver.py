@@ -18,6 +18,7 @@ from isocache.image import ImageRef, ImageVersion
 from isocache.lru import LruDict
 from isocache.metrics import Metrics
 from isocache.origins.base import OriginMeta
+from isocache.state import ServiceState
 from isocache.store import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,12 @@ class Resolver:
         store: ChunkStore,
         metrics: Metrics,
         *,
+        state: ServiceState,
         revalidate: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._state = state  # origin metadata
         self._metrics = metrics
         self._revalidate = revalidate
         self._clock = clock
@@ -148,7 +151,7 @@ class Resolver:
                     # (stale-while-revalidate) may still be reading it, and an attachment
                     # may hold it. Its chunks are evicted first instead.
                     self._store.demote(persisted.identity)
-                await self._store.save_meta(ref.url, _meta_record(version), version.identity)
+                await self._state.save_meta(ref.url, _meta_record(version), version.identity)
         if ref.name is not None and self._store.is_pinned(ref.name):
             # The pin follows the image to its new version; the old one is released.
             await self._store.pin(ref.name, version.identity)
@@ -156,7 +159,7 @@ class Resolver:
         return version
 
     async def persisted(self, ref: ImageRef) -> ImageVersion | None:
-        record = await self._store.load_meta(ref.url)
+        record = await self._state.load_meta(ref.url)
         if record is None:
             return None
         try:

@@ -37,6 +37,7 @@ from isocache.origins.peer import PeerClient
 from isocache.origins.registry import Backends
 from isocache.reader import Reader
 from isocache.resolver import Resolver
+from isocache.state import ServiceState
 from isocache.store import ChunkStore, StoreDirError
 from isocache.verify import Verifier
 
@@ -67,6 +68,7 @@ class Service:
             chunk_size=cache.chunk_size,
             on_evict=self.metrics.evictions.inc,
         )
+        self.state = ServiceState(self.store)  # jobs, run-time images, origin metadata
         self._backends: Backends | None = None
         # Backends of origins a reload removed or changed: a response or a prewarm that
         # started before may still read through them, so they are closed at stop.
@@ -74,7 +76,7 @@ class Service:
         self.catalog: Catalog | None = None
         self.filler: Filler | None = None
         self.prewarm: PrewarmManager | None = None
-        self.verifier = Verifier(self.store)
+        self.verifier = Verifier(self.store, self.state)
         self._runner: web.AppRunner | None = None
         self._peer_client: PeerClient | None = None
         self.host = config.server.host
@@ -94,6 +96,7 @@ class Service:
             await self.store.open()
         except StoreDirError as exc:
             raise ConfigError(config.source, "cache.dir", str(exc)) from None
+        await self.state.open()
         self.metrics.start(
             [*config.origins, IMAGES_LABEL],
             lambda: float(self.store.bytes_used),
@@ -102,7 +105,7 @@ class Service:
         self._backends = Backends(config, self._is_allowed)
         self.catalog = Catalog(config, self._backends)
         self.resolver = resolver = Resolver(
-            self.store, self.metrics, revalidate=config.cache.revalidate
+            self.store, self.metrics, state=self.state, revalidate=config.cache.revalidate
         )
         self.cluster: Cluster | None = None
         if config.cluster.enabled:
@@ -139,6 +142,7 @@ class Service:
             lookup=self._lookup,
             resolver=resolver,
             store=self.store,
+            state=self.state,
             filler=self.filler,
             verifier=self.verifier,
             parallel=config.fetch.max_connections_per_image,
@@ -148,11 +152,14 @@ class Service:
             catalog=self.catalog,
             resolver=resolver,
             store=self.store,
+            state=self.state,
             verifier=self.verifier,
             prewarm=self.prewarm,
             origins=config.origins,
         )
-        self.attachments = Attachments(catalog=self.catalog, resolver=resolver, store=self.store)
+        self.attachments = Attachments(
+            catalog=self.catalog, resolver=resolver, store=self.store, state=self.state
+        )
         self.admin.attachments = self.attachments
         self.prewarm.attachment_version = lambda attachment_id: self.attachments.version(
             self.attachments.get(attachment_id)
@@ -300,6 +307,7 @@ class Service:
             await self._peer_client.close()
         for backend in self._retired:
             await backend.close()
+        await self.state.close()
         await self.store.close()
         if started:
             log.info("stopped")

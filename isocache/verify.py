@@ -13,6 +13,7 @@ import sqlite3
 from isocache.errors import OriginError
 from isocache.image import ImageVersion
 from isocache.lru import LruDict
+from isocache.state import ServiceState
 from isocache.store import ChunkStore
 from isocache.urls import redact_url
 
@@ -32,8 +33,9 @@ def expected_digest(version: ImageVersion) -> tuple[str, str] | None:
 class Verifier:
     """Use on the event loop; hashing runs in a thread."""
 
-    def __init__(self, store: ChunkStore) -> None:
+    def __init__(self, store: ChunkStore, state: ServiceState) -> None:
         self._store = store
+        self._state = state  # where verified versions are remembered across restarts
         # Bounded: a forgotten result is hashed again when the version is complete again.
         self._results: LruDict[str, bool] = LruDict(RESULTS_KEPT)
         self._failures: LruDict[str, str] = LruDict(RESULTS_KEPT)
@@ -49,12 +51,12 @@ class Verifier:
     async def restore(self) -> None:
         """Take back the versions an earlier run verified, for those that still have chunks
         (so `status` says the same before and after a restart); forget the others."""
-        for key in await self._store.load_states(_STATE):
+        for key in await self._state.load_states(_STATE):
             identity = key[len(_STATE) :]
             if self._store.chunk_count(identity):
                 self._results[identity] = True
             else:
-                await self._store.delete_state(key)
+                await self._state.delete_state(key)
 
     def result(self, identity: str) -> bool | None:
         """True or False once verified, None when not (yet) verified. A success says nothing
@@ -133,7 +135,7 @@ class Verifier:
                 "verify-ok image=%s identity=%s %s=%s", _name(version), version.identity, algo, got
             )
             try:
-                await self._store.save_state(_STATE + version.identity, True)
+                await self._state.save_state(_STATE + version.identity, True)
             except (OSError, sqlite3.Error) as exc:  # a full disk: known until a restart only
                 log.warning("verify-save-failed image=%s error=%s", _name(version), exc)
             return True

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from bench.origin import OriginServer, generate_image
-from isocache import reader, resolver, store, verify
+from isocache import reader, resolver, state, verify
 from isocache.admin import prewarm
 from tests.conftest import CHUNK, MakeService, fetch
 from tests.test_admin import TOKEN, call
@@ -25,7 +25,7 @@ def small_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resolver, "KNOWN_VERSIONS", LIMIT)
     monkeypatch.setattr(reader, "RECENT_IMAGES", LIMIT)
     monkeypatch.setattr(verify, "RESULTS_KEPT", LIMIT)
-    monkeypatch.setattr(store, "META_KEPT", LIMIT)
+    monkeypatch.setattr(state, "META_KEPT", LIMIT)
     monkeypatch.setattr(prewarm, "ENDED_JOBS_KEPT", 5)
 
 
@@ -51,7 +51,7 @@ async def test_naming_many_origin_files_keeps_every_map_bounded(
     assert len(service.resolver._known) <= LIMIT
     assert len(service.reader._recent) <= LIMIT
     # + versions that still have chunks (at least one chunk each)
-    assert service.store.meta_count() <= LIMIT + service.store.bytes_used // CHUNK
+    assert service.state.meta_count() <= LIMIT + service.store.bytes_used // CHUNK
     filler = service.filler
     assert filler is not None
     deadline = time.monotonic() + 10
@@ -78,6 +78,6 @@ async def test_naming_many_origin_files_keeps_every_map_bounded(
     await service.stop()
     service = await make_service(origin.url, **options)
     # the rows left the disk too
-    assert service.store.meta_count() <= LIMIT + service.store.bytes_used // CHUNK
+    assert service.state.meta_count() <= LIMIT + service.store.bytes_used // CHUNK
     status, jobs = await call(client, "GET", service.url + "api/prewarm")
     assert status == 200 and len(jobs) <= 5

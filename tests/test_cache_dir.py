@@ -86,6 +86,7 @@ async def test_files_dropped_into_the_store_later_survive_restarts(
     for relative, data in files.items():
         assert (cache_dir / relative).read_bytes() == data
     assert stray.read_text() == "keep me"
+    await service.store.swept()  # the clean-up runs in the background after start-up
     assert not orphan.exists()  # the store's own leftovers are still cleaned up
 
 

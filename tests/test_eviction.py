@@ -69,3 +69,19 @@ def test_remove_and_demote() -> None:
     assert "a:1" not in policy and len(policy) == 2
     policy.demote("a:2")  # outdated version: the next to go, whatever it was read
     assert policy.victims(10, keep=lambda key: False) == ["a:2"]
+
+
+def test_fifos_stay_bounded_when_chunks_leave_without_eviction() -> None:
+    """A cache that never fills never pops its FIFOs: chunks dropped and fetched again
+    leave entries behind, which are compacted away (a key kept once, at its newest place)."""
+    policy = S3Fifo(10**9)
+    for _ in range(100):
+        for key in _keys("a", 100):
+            policy.insert(key, CHUNK)
+        for key in _keys("a", 100):
+            policy.remove(key)
+    for key in _keys("a", 100):
+        policy.insert(key, CHUNK)
+    entries = len(policy._small) + len(policy._main) + len(policy._demoted)
+    assert len(policy) == 100 and entries <= 2 * 100 + 4096
+    assert policy.victims(100, keep=lambda key: False) == _keys("a", 100)

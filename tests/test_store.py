@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
+import time
 from pathlib import Path
 
 import pytest
 
+from isocache.state import ServiceState
 from isocache.store import ChunkStore
 
 KiB = 1024
@@ -69,7 +72,9 @@ async def test_damaged_chunk_after_restart_is_a_miss(tmp_path: Path, damage: str
     store = await open_store(tmp_path)
     await store.put("img", 0, chunk(1))
     await store.put("img", 1, chunk(2))
-    path = store._index[store.key("img", 0)].path
+    paths = store.chunk_paths("img", 1)
+    assert paths is not None
+    path = paths[0]
     await store.close()
     if damage == "flip":
         with open(path, "r+b") as file:
@@ -183,11 +188,176 @@ async def test_value_without_record_is_invisible_after_restart(tmp_path: Path) -
 
 async def test_meta_round_trip(tmp_path: Path) -> None:
     store = await open_store(tmp_path)
-    await store.save_meta("http://o/x", {"size": 5}, "abc")
+    state = ServiceState(store)
+    await state.open()
+    await state.save_meta("http://o/x", {"size": 5}, "abc")
+    await state.close()
     await store.close()
     store = await open_store(tmp_path)
+    state = ServiceState(store)
+    await state.open()
     try:
-        assert await store.load_meta("http://o/x") == {"size": 5, "identity": "abc"}
-        assert await store.load_meta("http://o/y") is None
+        assert await state.load_meta("http://o/x") == {"size": 5, "identity": "abc"}
+        assert await state.load_meta("http://o/y") is None
+        assert state.meta_count() == 1
     finally:
+        await state.close()
+        await store.close()
+
+
+async def test_restart_sweeps_what_a_crash_left_behind(tmp_path: Path) -> None:
+    """Orphan value files, rows whose file is gone and half-written chunks are cleaned up
+    in the background after start-up; every other chunk is still served."""
+    store = await open_store(tmp_path)
+    for index in range(5):
+        await store.put("img", index, chunk(index))
+    paths = store.chunk_paths("img", 5)
+    assert paths is not None
+    await store.close()
+    os.unlink(paths[1])  # value file gone
+    orphan = tmp_path / "ab" / "cd" / ("0" * 28 + ".val")
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b"torn")
+    stray = tmp_path / "ab" / "notes.txt"  # not of diskcache's shape: never touched
+    stray.write_text("keep")
+    import diskcache
+
+    with diskcache.Cache(str(tmp_path)) as cache:
+        cache.delete("r:img:2")  # data without its record
+        cache.delete("c:img:3")  # a record without its data
+        assert "c:img:2" in cache
+    store = await open_store(tmp_path)
+    try:
+        await store.swept()
+        assert not orphan.exists() and stray.read_text() == "keep"
+        assert [store.contains("img", i) for i in range(5)] == [True, False, False, False, True]
+        assert store.bytes_used == 2 * CHUNK and store.chunk_count("img") == 2
+        assert await read_all(store, "img", 0) == chunk(0)
+        assert await read_all(store, "img", 4) == chunk(4)
+    finally:
+        await store.close()
+    with diskcache.Cache(str(tmp_path)) as cache:
+        assert sorted(k for k in cache.iterkeys() if k.startswith(("c:", "r:"))) == [
+            "c:img:0",
+            "c:img:4",
+            "r:img:0",
+            "r:img:4",
+        ]
+
+
+async def test_records_of_another_shape_are_dropped_at_start(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    for index in range(3):
+        await store.put("img", index, chunk(index))
+    await store.close()
+    import diskcache
+
+    with diskcache.Cache(str(tmp_path)) as cache:
+        cache.set("r:img:1", "not a record")
+        cache.set("r:img:x", (CHUNK, 0, "/nowhere/ab/cd/" + "0" * 28 + ".val", 0.0))
+    store = await open_store(tmp_path)
+    try:
+        assert [store.contains("img", i) for i in range(3)] == [True, False, True]
+        assert store.bytes_used == 2 * CHUNK
+        assert await read_all(store, "img", 2) == chunk(2)
+    finally:
+        await store.close()
+    with diskcache.Cache(str(tmp_path)) as cache:
+        assert "r:img:1" not in cache and "c:img:1" not in cache and "r:img:x" not in cache
+
+
+async def test_after_a_restart_the_least_recently_read_chunks_go_first(tmp_path: Path) -> None:
+    store = await open_store(tmp_path)
+    for index in range(4):
+        await store.put("img", index, chunk(index))
+    await store.close()
+    import diskcache
+
+    # Last reads, as the access-time flush records them: chunk 3 longest ago, then 1.
+    ages = {0: 10.0, 1: 30.0, 2: 20.0, 3: 40.0}
+    with diskcache.Cache(str(tmp_path)) as cache:
+        for index, age in ages.items():
+            length, crc, path, _ = cache.get(f"r:img:{index}")
+            cache.set(f"r:img:{index}", (length, crc, path, time.time() - age), tag="img")
+    store = await open_store(tmp_path, size_limit=2 * CHUNK)
+    try:
+        await store.enforce_limit()
+        assert [store.contains("img", i) for i in range(4)] == [True, False, True, False]
+        assert store.bytes_used == 2 * CHUNK
+    finally:
+        await store.close()
+
+
+async def test_index_stays_exact_through_churn_and_restarts(tmp_path: Path) -> None:
+    """Random puts, reads, demotions and drops over images bigger than the store: every
+    chunk the store says it holds reads back exactly, and its counts add up (the compact
+    index reuses and compacts the places of evicted chunks)."""
+    small = 1024
+    rng = random.Random(7)
+    images = ["a", "b", "c"]
+    data = {
+        (name, index): chunk(index * 7 + ord(name), small)
+        for name in images
+        for index in range(300)
+    }
+
+    async def check(store: ChunkStore) -> None:
+        held = [key for key in data if store.contains(*key)]
+        assert store.bytes_used == small * len(held) <= 40 * small
+        for name in images:
+            assert store.chunk_count(name) == sum(1 for key in held if key[0] == name)
+        for key in rng.sample(held, min(10, len(held))):
+            assert await read_all(store, *key, small) == data[key]
+
+    store = await open_store(tmp_path, size_limit=40 * small)
+    try:
+        for step in range(3000):
+            name, index = rng.choice(images), int(rng.triangular(0, 299, 40))
+            action = rng.random()
+            if action < 0.6:
+                await store.put(name, index, data[name, index])
+            elif action < 0.95:
+                got = await read_all(store, name, index, small)
+                assert got in (None, data[name, index])
+            elif action < 0.98:
+                store.demote(name)
+            else:
+                await store.drop_image(name)
+            if step % 100 == 0:
+                await check(store)
+        await check(store)
+        held = {key for key in data if store.contains(*key)}
+    finally:
+        await store.close()
+    store = await open_store(tmp_path, size_limit=40 * small)
+    try:
+        assert {key for key in data if store.contains(*key)} == held
+        await check(store)
+    finally:
+        await store.close()
+
+
+async def test_service_state_is_apart_from_the_chunks(tmp_path: Path) -> None:
+    """Jobs, run-time images and attachments persist beside the chunks, each prefix on its
+    own (a range read, not a walk over every chunk's rows)."""
+    store = await open_store(tmp_path)
+    await store.put("img", 0, chunk(1))
+    state = ServiceState(store)
+    await state.open()
+    await state.save_state("prewarm/j1", {"id": "j1"})
+    await state.save_state("prewarm/j2", {"id": "j2"})
+    await state.save_state("images/x", {"url": "u"})
+    await state.delete_state("prewarm/j1")
+    await state.close()
+    await store.close()
+    store = await open_store(tmp_path)
+    state = ServiceState(store)
+    await state.open()
+    try:
+        assert await state.load_states("prewarm/") == {"prewarm/j2": {"id": "j2"}}
+        assert await state.load_states("images/") == {"images/x": {"url": "u"}}
+        assert await state.load_states("attach/") == {}
+        assert store.contains("img", 0) and store.chunk_total() == 1
+    finally:
+        await state.close()
         await store.close()

@@ -23,6 +23,7 @@ from isocache.config import OriginConfig
 from isocache.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
 from isocache.image import ImageRef, ImageVersion
 from isocache.resolver import Resolver
+from isocache.state import ServiceState
 from isocache.store import ChunkStore
 from isocache.urls import redact_url
 from isocache.verify import Verifier
@@ -52,6 +53,7 @@ class AdminApi:
         catalog: Catalog,
         resolver: Resolver,
         store: ChunkStore,
+        state: ServiceState,
         verifier: Verifier,
         prewarm: PrewarmManager,
         origins: Mapping[str, OriginConfig] | None = None,
@@ -61,6 +63,7 @@ class AdminApi:
         self._catalog = catalog
         self._resolver = resolver
         self._store = store
+        self._state = state  # run-time images
         self._verifier = verifier
         self._prewarm = prewarm
         self.attachments: Attachments | None = None  # set by the service: their pins count
@@ -91,20 +94,20 @@ class AdminApi:
 
     async def restore(self) -> None:
         """Re-register run-time images and re-apply run-time pins saved in the store."""
-        for key, value in (await self._store.load_states(_IMAGES_STATE)).items():
+        for key, value in (await self._state.load_states(_IMAGES_STATE)).items():
             name = key[len(_IMAGES_STATE) :]
             try:
                 # A run-time image's pin lives in the store's pins, not in its record.
                 self._catalog.register(name, value["url"], value.get("sha256"), False)
             except (KeyError, TypeError, Conflict, Forbidden) as exc:
                 log.warning("admin-restore-skipped image=%s reason=%s", name, exc)
-                await self._store.delete_state(key)
+                await self._state.delete_state(key)
                 await self._store.unpin(name)
-        for key, pinned in (await self._store.load_states(_LEGACY_PINS_STATE)).items():
+        for key, pinned in (await self._state.load_states(_LEGACY_PINS_STATE)).items():
             name = key[len(_LEGACY_PINS_STATE) :]
             if pinned and not self._store.is_pinned(name):
                 await self._store.pin(name, None)
-            await self._store.delete_state(key)
+            await self._state.delete_state(key)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -190,7 +193,7 @@ class AdminApi:
             )
         existed = name in self._catalog.images()
         ref = self._catalog.register(name, url, sha256.lower() if sha256 else None, False)
-        await self._store.save_state(
+        await self._state.save_state(
             _IMAGES_STATE + name, {"url": url, "sha256": ref.sha256, "pin": pin}
         )
         if pin:
@@ -205,7 +208,7 @@ class AdminApi:
         self.authorise(request)
         name = request.match_info["name"]
         self._catalog.unregister(name)
-        await self._store.delete_state(_IMAGES_STATE + name)
+        await self._state.delete_state(_IMAGES_STATE + name)
         await self._store.unpin(name)
         return web.json_response({"name": name, "unregistered": True})
 

@@ -21,6 +21,7 @@ from isocache.fill import Filler
 from isocache.image import ImageRef, ImageVersion
 from isocache.ranges import ByteRange, parse_range
 from isocache.resolver import Resolver
+from isocache.state import ServiceState
 from isocache.store import ChunkStore
 from isocache.urls import redact_url
 from isocache.verify import Verifier, expected_digest
@@ -94,6 +95,7 @@ class PrewarmManager:
         lookup: Callable[[dict[str, str]], ImageRef],
         resolver: Resolver,
         store: ChunkStore,
+        state: ServiceState,
         filler: Filler,
         verifier: Verifier,
         parallel: int,
@@ -101,6 +103,7 @@ class PrewarmManager:
         self._lookup = lookup
         self._resolver = resolver
         self._store = store
+        self._state = state  # jobs
         self._filler = filler
         self._verifier = verifier
         self._parallel = max(1, parallel)
@@ -160,7 +163,7 @@ class PrewarmManager:
 
     async def resume(self) -> None:
         """Load saved jobs; run again those that were queued or running."""
-        for record in (await self._store.load_states(_STATE_PREFIX)).values():
+        for record in (await self._state.load_states(_STATE_PREFIX)).values():
             try:
                 job = PrewarmJob(**record)
             except TypeError:
@@ -187,7 +190,7 @@ class PrewarmManager:
 
     async def _save(self, job: PrewarmJob) -> None:
         try:
-            await self._store.save_state(_STATE_PREFIX + job.id, job.record())
+            await self._state.save_state(_STATE_PREFIX + job.id, job.record())
         except OSError as exc:
             log.warning("prewarm-save-failed id=%s error=%s", job.id, exc)
 
@@ -227,7 +230,7 @@ class PrewarmManager:
         for job in ended[: max(0, len(ended) - ENDED_JOBS_KEPT)]:
             del self._jobs[job.id]
             try:
-                await self._store.delete_state(_STATE_PREFIX + job.id)
+                await self._state.delete_state(_STATE_PREFIX + job.id)
             except OSError as exc:
                 log.warning("prewarm-prune-failed id=%s error=%s", job.id, exc)
 
