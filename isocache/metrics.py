@@ -8,6 +8,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
@@ -49,6 +50,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._request_timers: dict[tuple[str, str], Any] = {}
         # origin label -> monotonic time of its first failure since it last answered
         self._failing_since: dict[str, float] = {}
         r = self.registry
@@ -146,6 +148,15 @@ class Metrics:
             ["origin"],
             registry=r,
         )
+
+    def request_timer(self, method: str, size: str) -> Any:
+        """The request_seconds child for these labels, looked up once: labels() takes a
+        lock and builds a tuple per call, on every hit."""
+        key = (method, size)
+        child = self._request_timers.get(key)
+        if child is None:
+            child = self._request_timers[key] = self.request_seconds.labels(method, size)
+        return child
 
     def start(
         self,

@@ -54,9 +54,7 @@ def request_metrics_middleware(metrics: Metrics) -> web.middleware:  # type: ign
             if token is not None:
                 current_stats.reset(token)
             method = request.method if request.method in ("GET", "HEAD") else "GET"
-            metrics.request_seconds.labels(method, size_class(sent)).observe(
-                time.monotonic() - started
-            )
+            metrics.request_timer(method, size_class(sent)).observe(time.monotonic() - started)
 
     return middleware
 
