@@ -16,9 +16,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from urllib.parse import unquote, urlsplit
@@ -43,20 +41,11 @@ from isocache.origins.base import (
     plain_name,
     tls_context,
 )
+from isocache.origins.pool import Lease, SessionPool
 
 log = logging.getLogger(__name__)
 
 _READ_PIECE = 256 * 1024
-
-
-@dataclass(slots=True)
-class _Lease:
-    """A session lent to one attempt of one operation."""
-
-    client: aioftp.Client
-    reused: bool  # taken from the pool rather than logged in for this attempt
-    parked_at: float  # when it went into the pool (monotonic)
-    proven: bool = False  # it has answered a command for this attempt
 
 
 class FtpOrigin:
@@ -74,16 +63,19 @@ class FtpOrigin:
         )
         self._label = redact_url(config.url)
         self._limits = limits
-        self._sessions = asyncio.Semaphore(config.max_sessions)
-        self._idle_timeout = config.idle_timeout
-        self._idle: list[tuple[aioftp.Client, float]] = []  # (session, parked at), oldest first
-        self._spent: set[aioftp.Client] = set()  # sessions that must not go back to the pool
+        self._pool: SessionPool[aioftp.Client] = SessionPool(
+            name="ftp",
+            size=config.max_sessions,
+            idle_timeout=config.idle_timeout,
+            login=self._login,
+            close=self._close,
+        )
         # FTPS: each session's plain transport under its TLS one. Python 3.11's
         # StreamWriter.start_tls does not always close it with the TLS transport.
         self._plain: dict[aioftp.Client, asyncio.BaseTransport] = {}
 
     def __repr__(self) -> str:
-        return f"<FtpOrigin {self._label} idle={len(self._idle)}>"
+        return f"<FtpOrigin {self._label} idle={len(self._pool)}>"
 
     def _path(self, url: str) -> str:
         parts = urlsplit(url)
@@ -93,8 +85,7 @@ class FtpOrigin:
         return unquote(parts.path)
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for client, _ in idle:
+        for client in self._pool.drain():
             await self._discard(client, polite=True)
 
     async def _discard(self, client: aioftp.Client, *, polite: bool = False) -> None:
@@ -130,59 +121,6 @@ class FtpOrigin:
             self._close(client)
             raise
         return client
-
-    def _take(self) -> _Lease | None:
-        """The most recently parked session, after closing those idle past the limit."""
-        now = time.monotonic()
-        while self._idle and now - self._idle[0][1] >= self._idle_timeout:
-            self._close(self._idle.pop(0)[0])
-        if not self._idle:
-            return None
-        client, parked_at = self._idle.pop()
-        return _Lease(client, reused=True, parked_at=parked_at)
-
-    @contextlib.asynccontextmanager
-    async def _session(self, *, fresh: bool = False) -> AsyncIterator[_Lease]:
-        """A logged-in session, from the pool unless `fresh`; returned to the pool only if
-        nothing went wrong."""
-        async with self._sessions:
-            lease = None if fresh else self._take()
-            try:
-                if lease is None:
-                    lease = _Lease(await self._login(), reused=False, parked_at=time.monotonic())
-                yield lease
-            except BaseException:
-                if lease is not None:
-                    self._spent.discard(lease.client)
-                    self._close(lease.client)
-                raise
-            if lease.client in self._spent:
-                self._spent.discard(lease.client)
-                self._close(lease.client)
-            else:
-                self._idle.append((lease.client, time.monotonic()))
-
-    def _stale(self, lease: _Lease | None, exc: OriginError, what: str) -> bool:
-        """True when `exc` says only that a pooled session died while idle: it failed before
-        answering anything for this attempt. Then the sessions idle as long or longer are
-        closed too (whatever ended this one most likely ended them), and the caller tries
-        again on a fresh login without counting a retry; that cannot repeat, as a fresh
-        session is not reused. A silently dropped connection costs one read_timeout."""
-        if lease is None or not lease.reused or lease.proven or not exc.retryable:
-            return False
-        idle = time.monotonic() - lease.parked_at
-        older = [c for c, parked_at in self._idle if parked_at <= lease.parked_at]
-        self._idle = [(c, p) for c, p in self._idle if p > lease.parked_at]
-        for client in older:
-            self._close(client)
-        log.info(
-            "ftp-session-stale %s idle=%.1fs closed_idle=%d error=%s",
-            what,
-            idle,
-            len(older),
-            exc.detail,
-        )
-        return True
 
     @contextlib.asynccontextmanager
     async def _mapped(self, url: str) -> AsyncIterator[None]:
@@ -232,11 +170,11 @@ class FtpOrigin:
         while True:
             lease = None
             try:
-                async with self._mapped(url), self._session(fresh=fresh) as lease:
-                    return await self._meta(lease.client, path)
+                async with self._mapped(url), self._pool.lease(fresh=fresh) as lease:
+                    return await self._meta(lease.session, path)
             except OriginError as exc:
                 what = f"op=stat url={redact_url(url)}"
-                fresh = self._stale(lease, exc, what)
+                fresh = self._pool.stale(lease, exc, what)
                 if not fresh:
                     await back_off(exc, attempt, self._limits, what)
                     attempt += 1
@@ -248,8 +186,8 @@ class FtpOrigin:
         while True:
             lease = None
             try:
-                async with self._mapped(url), self._session(fresh=fresh) as lease:
-                    client = lease.client
+                async with self._mapped(url), self._pool.lease(fresh=fresh) as lease:
+                    client = lease.session
                     if not await client.is_dir(path):
                         raise ImageNotFound(f"origin has no directory {redact_url(url)}")
                     lease.proven = True
@@ -269,7 +207,7 @@ class FtpOrigin:
                 return
             except OriginError as exc:
                 # Only a dead pooled session is tried again: a listing has no retry budget.
-                fresh = self._stale(lease, exc, f"op=list url={redact_url(url)}")
+                fresh = self._pool.stale(lease, exc, f"op=list url={redact_url(url)}")
                 if not fresh:
                     raise
 
@@ -283,34 +221,34 @@ class FtpOrigin:
         while position < stop:
             lease = None
             try:
-                async with self._mapped(url), self._session(fresh=fresh) as lease:
+                async with self._mapped(url), self._pool.lease(fresh=fresh) as lease:
                     # FTP has no conditional GET: check the version on the same session first.
-                    if await self._meta(lease.client, path) != meta:
+                    if await self._meta(lease.session, path) != meta:
                         raise OriginChanged(f"{redact_url(url)} changed at the origin")
                     lease.proven = True
                     to_end = stop == meta.size
                     async for data in self._retrieve(
-                        lease.client, path, position, stop - position, to_end
+                        lease, path, position, stop - position, to_end
                     ):
                         position += len(data)
                         attempt = 0
                         yield data
             except OriginError as exc:
                 where = f"op=read url={redact_url(url)} position={position}"
-                fresh = self._stale(lease, exc, where)
+                fresh = self._pool.stale(lease, exc, where)
                 if not fresh:
                     await back_off(exc, attempt, self._limits, where)
                     attempt += 1
 
     async def _retrieve(
-        self, client: aioftp.Client, path: str, offset: int, want: int, to_end: bool
+        self, lease: Lease[aioftp.Client], path: str, offset: int, want: int, to_end: bool
     ) -> AsyncIterator[bytes]:
         """Yield `want` bytes from `offset`. Reading up to the end of the file lets the
         transfer finish (226) and keeps the session; stopping short closes the data
         connection and spends the session: after an ABOR, servers differ in which replies
         (426, 225, 226) come back in which order, and a misread reply would desynchronise
         every later command on that session."""
-        stream = await client.download_stream(path, offset=offset)
+        stream = await lease.session.download_stream(path, offset=offset)
         finished = False
         try:
             while want:
@@ -325,7 +263,7 @@ class FtpOrigin:
                 finished = True
                 return
         except BaseException:
-            self._spent.add(client)
+            lease.keep = False
             raise
         finally:
             if finished:
@@ -334,4 +272,4 @@ class FtpOrigin:
                 # Abandoned mid-transfer: abort. A TLS close would first wait for the
                 # server's close_notify, which a server still sending may never send.
                 stream.writer.transport.abort()
-        self._spent.add(client)
+        lease.keep = False

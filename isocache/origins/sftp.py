@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import posixpath
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +51,7 @@ from isocache.origins.base import (
     back_off,
     plain_name,
 )
+from isocache.origins.pool import SessionPool
 from isocache.urls import redact_url
 
 log = logging.getLogger(__name__)
@@ -70,16 +70,6 @@ class _Session:
     def close(self) -> None:
         self.sftp.exit()
         self.conn.close()
-
-
-@dataclass(slots=True)
-class _Lease:
-    """A session lent to one attempt of one operation."""
-
-    session: _Session
-    reused: bool  # taken from the pool rather than opened for this attempt
-    parked_at: float  # when it went into the pool (monotonic)
-    proven: bool = False  # it has answered a request for this attempt
 
 
 def _regular(attrs: asyncssh.SFTPAttrs) -> bool:
@@ -104,13 +94,20 @@ class SftpOrigin:
         self._root = posixpath.normpath(unquote(parts.path) or "/")
         self._label = redact_url(config.url)
         self._limits = limits
-        self._sessions = asyncio.Semaphore(config.max_sessions)
-        self._idle_timeout = config.idle_timeout
-        self._idle: list[tuple[_Session, float]] = []  # (session, parked at), oldest first
+        self._pool: SessionPool[_Session] = SessionPool(
+            name="sftp",
+            size=config.max_sessions,
+            idle_timeout=config.idle_timeout,
+            login=self._login,
+            close=_Session.close,
+            alive=lambda session: not session.conn.is_closed(),
+            # A definite answer on a healthy session, its file handle closed.
+            answers=_ANSWERS,
+        )
         self._real_root: str | None = None  # the root as the server resolves it
 
     def __repr__(self) -> str:
-        return f"<SftpOrigin {self._label} idle={len(self._idle)}>"
+        return f"<SftpOrigin {self._label} idle={len(self._pool)}>"
 
     def _path(self, url: str) -> str:
         parts = urlsplit(url)
@@ -123,10 +120,10 @@ class SftpOrigin:
         return path
 
     async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for session, _ in idle:
+        idle = self._pool.drain()
+        for session in idle:
             session.close()
-        for session, _ in idle:
+        for session in idle:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.conn.wait_closed(), 1.0)
 
@@ -158,54 +155,6 @@ class SftpOrigin:
             conn.close()
             raise
         return session
-
-    def _take(self) -> _Lease | None:
-        """The most recently parked live session, after closing those idle past the limit."""
-        now = time.monotonic()
-        while self._idle and (
-            now - self._idle[0][1] >= self._idle_timeout or self._idle[0][0].conn.is_closed()
-        ):
-            self._idle.pop(0)[0].close()
-        while self._idle:
-            session, parked_at = self._idle.pop()
-            if not session.conn.is_closed():
-                return _Lease(session, reused=True, parked_at=parked_at)
-            session.close()
-        return None
-
-    @contextlib.asynccontextmanager
-    async def _session(self, *, fresh: bool = False) -> AsyncIterator[_Lease]:
-        """A logged-in session, from the pool unless `fresh`; back to the pool only if
-        nothing went wrong (an abandoned or failed operation may leave requests in flight)."""
-        async with self._sessions:
-            lease = None if fresh else self._take()
-            try:
-                if lease is None:
-                    lease = _Lease(await self._login(), reused=False, parked_at=time.monotonic())
-                yield lease
-            except _ANSWERS:
-                # A definite answer on a healthy session, its file handle closed.
-                if lease is not None:
-                    self._idle.append((lease.session, time.monotonic()))
-                raise
-            except BaseException:
-                if lease is not None:
-                    lease.session.close()
-                raise
-            self._idle.append((lease.session, time.monotonic()))
-
-    def _stale(self, lease: _Lease | None, exc: OriginError, what: str) -> bool:
-        """True when `exc` says only that a pooled session died while idle (see ftp.py):
-        the sessions idle as long or longer are closed too, and the caller tries again at
-        once on a fresh login without counting a retry."""
-        if lease is None or not lease.reused or lease.proven or not exc.retryable:
-            return False
-        older = [s for s, parked_at in self._idle if parked_at <= lease.parked_at]
-        self._idle = [(s, p) for s, p in self._idle if p > lease.parked_at]
-        for session in older:
-            session.close()
-        log.info("sftp-session-stale %s closed_idle=%d error=%s", what, len(older), exc.detail)
-        return True
 
     @contextlib.asynccontextmanager
     async def _mapped(self, url: str) -> AsyncIterator[None]:
@@ -292,7 +241,7 @@ class SftpOrigin:
         while True:
             lease = None
             try:
-                async with self._mapped(url), self._session(fresh=fresh) as lease:
+                async with self._mapped(url), self._pool.lease(fresh=fresh) as lease:
                     real = await self._confined(lease.session, url, path)
                     lease.proven = True
                     attrs = await lease.session.sftp.stat(real)
@@ -301,7 +250,7 @@ class SftpOrigin:
                     return self._meta(attrs)
             except OriginError as exc:
                 what = f"op=stat url={redact_url(url)}"
-                fresh = self._stale(lease, exc, what)
+                fresh = self._pool.stale(lease, exc, what)
                 if not fresh:
                     await back_off(exc, attempt, self._limits, what)
                     attempt += 1
@@ -318,7 +267,7 @@ class SftpOrigin:
         while position < stop:
             lease = None
             try:
-                async with self._mapped(url), self._session(fresh=fresh) as lease:
+                async with self._mapped(url), self._pool.lease(fresh=fresh) as lease:
                     sftp = lease.session.sftp
                     real = await self._confined(lease.session, url, path)
                     lease.proven = True
@@ -337,7 +286,7 @@ class SftpOrigin:
                             yield data
             except OriginError as exc:
                 where = f"op=read url={redact_url(url)} position={position}"
-                fresh = self._stale(lease, exc, where)
+                fresh = self._pool.stale(lease, exc, where)
                 if not fresh:
                     await back_off(exc, attempt, self._limits, where)
                     attempt += 1
@@ -349,7 +298,7 @@ class SftpOrigin:
         while True:
             lease = None
             try:
-                async with self._mapped(url), self._session(fresh=fresh) as lease:
+                async with self._mapped(url), self._pool.lease(fresh=fresh) as lease:
                     session = lease.session
                     real = await self._confined(session, url, path)
                     lease.proven = True
@@ -372,7 +321,7 @@ class SftpOrigin:
                 return
             except OriginError as exc:
                 # Only a dead pooled session is tried again: a listing has no retry budget.
-                fresh = self._stale(lease, exc, f"op=list url={redact_url(url)}")
+                fresh = self._pool.stale(lease, exc, f"op=list url={redact_url(url)}")
                 if not fresh:
                     raise
 
