@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs, trace
+from bench.core_figures import isocache_config
 from bench.origin import write_image
 from bench.run import _metrics, _origin_stats, replay
 from isocache.units import parse_size
@@ -32,25 +33,18 @@ MODES = ("independent", "cluster")
 def host_config(
     origin_url: str, cache_dir: Path, port: int, members: list[str] | None, me: str
 ) -> str:
-    lines = [
-        "[server]",
-        f'listen = "127.0.0.1:{port}"',
-        "[cache]",
-        f'dir = "{cache_dir}"',
-        'size_limit = "8GiB"',
-        "[origins.bench]",
-        f'url = "{origin_url}"',
-        "[images.img]",
-        f'url = "{origin_url}img.raw"',
-    ]
+    """bench's usual isocache config, as a cluster member when `members` is given."""
+    config = isocache_config(origin_url, cache_dir, port)
     if members:
-        lines += [
-            "[cluster]",
-            "members = [" + ", ".join(f'"{m}"' for m in members) + "]",
-            f'advertise = "{me}"',
-            'token = "bench-cluster-token"',
-        ]
-    return "\n".join(lines) + "\n"
+        config += "\n".join(
+            [
+                "[cluster]",
+                "members = [" + ", ".join(f'"{m}"' for m in members) + "]",
+                f'advertise = "{me}"',
+                'token = "bench-cluster-token"',
+            ]
+        )
+    return config + "\n"
 
 
 def one_run(

@@ -61,6 +61,16 @@ def cached_bytes(base_url: str) -> float:
     return 0.0
 
 
+def warm(iso_url: str, size: int) -> None:
+    """Read the image once through isocache and wait until every chunk is stored."""
+    curl_time(iso_url + "images/img")
+    deadline = time.monotonic() + 120
+    while cached_bytes(iso_url) < size:
+        if time.monotonic() > deadline:
+            raise TimeoutError("isocache did not store the image")
+        time.sleep(0.1)
+
+
 def curl_time(url: str) -> tuple[float, int]:
     """Seconds and bytes of one whole GET with curl (body discarded)."""
     out = subprocess.run(
@@ -123,12 +133,7 @@ def warm_hits(work: Path, image: Path, size: int, rounds: int, seconds: int) -> 
             home.mkdir()
             config = isocache_config(nginx_url, home / "cache", procs.free_port())
             iso_url, _ = stack.enter_context(procs.isocache(config, home))
-            curl_time(iso_url + "images/img")  # warm every chunk
-            deadline = time.monotonic() + 120
-            while cached_bytes(iso_url) < size:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("isocache did not store the image")
-                time.sleep(0.1)
+            warm(iso_url, size)
             targets[name] = iso_url + "images/img"
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for _ in range(rounds):

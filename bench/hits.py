@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procs
-from bench.core_figures import cached_bytes, curl_time, isocache_config
+from bench.core_figures import isocache_config, warm
 from bench.origin import write_image
 from bench.run import process_usage
 from isocache.units import parse_size
@@ -99,12 +99,7 @@ def main() -> None:
         home.mkdir()
         config = isocache_config(nginx_url, home / "cache", procs.free_port())
         iso_url, iso = stack.enter_context(procs.isocache(config, home))
-        curl_time(iso_url + "images/img")  # every chunk cached
-        deadline = time.monotonic() + 120
-        while cached_bytes(iso_url) < size:
-            if time.monotonic() > deadline:
-                raise TimeoutError("isocache did not store the image")
-            time.sleep(0.1)
+        warm(iso_url, size)
         targets["isocache"] = (iso_url + "images/img", [iso.pid])
         bare_port = procs.free_port()
         bare = subprocess.Popen([sys.executable, str(BARE), str(image), str(bare_port)])
