@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -184,34 +184,57 @@ class ImageHandlers:
         origin = version.ref.origin
         if isinstance(origin, FileOrigin) and origin.direct:
             return await self._send_direct(request, response, version, origin, ranges, framing)
-        total = sum(r.length for r in ranges)
-        if total <= GATHER_LIMIT and framing is None:
-            pieces = await self._reader.open_hits(version, ranges[0])
-            if pieces is not None:  # the warm read: every chunk stored
-                return await self._send_hits(request, response, pieces)
-        if total <= GATHER_LIMIT:
-            chunks = await self._reader.gather(version, ranges)
+        if sum(r.length for r in ranges) > GATHER_LIMIT:
+            return await self._write_body(
+                request,
+                response,
+                version,
+                ranges,
+                framing,
+                lambda rng: self._reader.stream(version, rng),
+            )
+        pieces = await self._reader.open_hits(version, ranges[0]) if framing is None else None
+        if pieces is not None:  # the warm read: every chunk stored, opened without fills
             try:
-                await response.prepare(request)
-                for number, rng in enumerate(ranges):
-                    if framing:
-                        await response.write(framing[number])
-                    for piece in self._reader.pieces(chunks, rng):
-                        await self._send_piece(request, response, piece)
-                if framing:
-                    await response.write(framing[-1])
-            except ConnectionError:
-                return response
+                return await self._write_body(
+                    request, response, version, ranges, framing, lambda rng: _each(pieces)
+                )
             finally:
-                chunks.close()
-            await response.write_eof()
-            return response
-        await response.prepare(request)
+                for piece in pieces:
+                    if not isinstance(piece.source, bytes):
+                        piece.source.close()
+        # Every chunk is here before the status line, so an origin failure is a clean error.
+        chunks = await self._reader.gather(version, ranges)
         try:
+            return await self._write_body(
+                request,
+                response,
+                version,
+                ranges,
+                framing,
+                lambda rng: _each(self._reader.pieces(chunks, rng)),
+            )
+        finally:
+            chunks.close()
+
+    async def _write_body(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        version: ImageVersion,
+        ranges: Sequence[ByteRange],
+        framing: list[bytes] | None,
+        pieces_of: Callable[[ByteRange], AsyncIterator[Piece]],
+    ) -> web.StreamResponse:
+        """The status line, then each range's pieces (with multipart `framing`). A failure
+        once the status line is out aborts the connection: the client sees a truncated body,
+        never padded or wrong bytes."""
+        try:
+            await response.prepare(request)
             for number, rng in enumerate(ranges):
                 if framing:
                     await response.write(framing[number])
-                async for piece in self._reader.stream(version, rng):
+                async for piece in pieces_of(rng):
                     await self._send_piece(request, response, piece)
             if framing:
                 await response.write(framing[-1])
@@ -222,32 +245,6 @@ class ImageHandlers:
             return response
         except ConnectionError:
             return response
-        await response.write_eof()
-        return response
-
-    async def _send_hits(
-        self, request: web.Request, response: web.StreamResponse, pieces: list[Piece]
-    ) -> web.StreamResponse:
-        try:
-            await response.prepare(request)
-            if self._settings.sendfile:
-                sent = 0
-                for piece in pieces:
-                    if isinstance(piece.source, bytes):
-                        await self._send_piece(request, response, piece)
-                    else:
-                        await self._sendfile(request, piece.source, piece)
-                        sent += piece.length
-                self._count_sent(sent)  # once per response: a counter takes a lock
-            else:
-                for piece in pieces:
-                    await self._send_piece(request, response, piece)
-        except ConnectionError:
-            return response
-        finally:
-            for piece in pieces:
-                if not isinstance(piece.source, bytes):
-                    piece.source.close()
         await response.write_eof()
         return response
 
@@ -268,29 +265,16 @@ class ImageHandlers:
         fd = await origin.open_version(version.ref.url, version.meta)
         # Wrapping an open descriptor does no I/O.
         with open(fd, "rb", buffering=0) as source:  # noqa: ASYNC230
-            try:
-                await response.prepare(request)
-                for number, rng in enumerate(ranges):
-                    if framing:
-                        await response.write(framing[number])
-                    for start in range(rng.start, rng.stop, _DIRECT_PIECE):
-                        length = min(_DIRECT_PIECE, rng.stop - start)
-                        await self._send_piece(request, response, Piece(source, start, length))
-                        if not await origin.still(fd, version.meta):
-                            raise OriginChanged("the file changed while being sent")
-                if framing:
-                    await response.write(framing[-1])
-            except IsocacheError as exc:
-                log.warning(
-                    "response-aborted url=%s error=%s", redact_url(version.ref.url), exc.detail
-                )
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            except ConnectionError:
-                return response
-        await response.write_eof()
-        return response
+
+            async def checked_pieces(rng: ByteRange) -> AsyncIterator[Piece]:
+                for start in range(rng.start, rng.stop, _DIRECT_PIECE):
+                    yield Piece(source, start, min(_DIRECT_PIECE, rng.stop - start))
+                    if not await origin.still(fd, version.meta):  # after the piece was sent
+                        raise OriginChanged("the file changed while being sent")
+
+            return await self._write_body(
+                request, response, version, ranges, framing, checked_pieces
+            )
 
     async def _send_piece(
         self, request: web.Request, response: web.StreamResponse, piece: Piece
@@ -351,3 +335,8 @@ class ImageHandlers:
 
 def _pread(source: ChunkSource, offset: int, length: int) -> bytes:
     return os.pread(source.fileno(), length, offset)
+
+
+async def _each(pieces: Iterable[Piece]) -> AsyncIterator[Piece]:
+    for piece in pieces:
+        yield piece
