@@ -115,6 +115,8 @@ class Attachments:
         self._store = store
         self._state = state
         self._by_id: dict[str, Attachment] = {}
+        # id -> ((attached, catalog generation) it was built for, version)
+        self._versions: dict[str, tuple[tuple[bool, int], ImageVersion]] = {}
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -147,20 +149,29 @@ class Attachments:
         return attachment
 
     def version(self, attachment: Attachment) -> ImageVersion:
-        """The attachment's version, reading from its origin only while it is attached."""
+        """The attachment's version, reading from its origin only while it is attached.
+        Kept per attachment (every read of its URL asks) until it is detached or the
+        catalog is reloaded (its origin may have left the config)."""
+        cached = self._versions.get(attachment.id)
+        if cached is not None and cached[0] == (attachment.attached, self._catalog.generation):
+            return cached[1]
         ref: ImageRef | None = None
         if attachment.attached:
             ref = self._catalog.ref_for_url(attachment.url)
         if ref is None:
             gone = _GoneOrigin(self.gone_detail(attachment))
             ref = ImageRef(url=attachment.url, origin=gone, origin_label="attachments")
-        return ImageVersion.of(ref, attachment.meta, attachment.first_seen)
+        version = ImageVersion(ref, attachment.meta, attachment.identity, attachment.first_seen)
+        self._versions[attachment.id] = ((attachment.attached, self._catalog.generation), version)
+        return version
 
     def by_identity(self, identity: str) -> Attachment | None:
-        """The attachment serving `identity`: an attached one first, else a detached one."""
-        found = [a for a in self._by_id.values() if a.identity == identity]
-        found.sort(key=lambda a: (not a.attached, -a.created))
-        return found[0] if found else None
+        """The attachment serving `identity`: an attached one first, else the newest."""
+        return min(
+            (a for a in self._by_id.values() if a.identity == identity),
+            key=lambda a: (not a.attached, -a.created),
+            default=None,
+        )
 
     @staticmethod
     def gone_detail(attachment: Attachment) -> str:
@@ -235,4 +246,5 @@ class Attachments:
                 or index < len(detached) - DETACHED_KEPT
             ):
                 del self._by_id[attachment.id]
+                self._versions.pop(attachment.id, None)
                 await self._state.delete_state(_STATE + attachment.id)

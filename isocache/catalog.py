@@ -29,6 +29,7 @@ class Catalog:
 
     def __init__(self, config: Config, backends: Backends) -> None:
         self._backends = backends
+        self.generation = 0  # counts reloads: refs built from an older one may be stale
         self._origins = {name: o.url for name, o in config.origins.items()}
         self._images: dict[str, ImageRef] = {}
         self.configured = frozenset(config.images)
@@ -43,6 +44,7 @@ class Catalog:
         catalog sees them at once). Run-time images are kept while they still lie under an
         origin and their name is not now configured; the names of the others are returned."""
         runtime = {n: r for n, r in self._images.items() if n not in self.configured}
+        self.generation += 1  # refs made before point at the old backends
         self._backends = backends
         self._origins = {name: o.url for name, o in config.origins.items()}
         images = {
