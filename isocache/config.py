@@ -382,13 +382,8 @@ def _cache(table: _Table, base_dir: Path | None) -> CacheConfig:
 
 
 def _admin(table: _Table, base_dir: Path | None) -> AdminConfig:
-    token = table.get("token", str, "a string")
-    token_file = table.get("token_file", str, "a path")
+    token = _secret(table, "token", base_dir)
     table.finish()
-    if token is not None and token_file is not None:
-        raise table.error("token_file", "set token or token_file, not both")
-    if token_file is not None:
-        token = _read_secret(table, "token_file", token_file, base_dir)
     if token is not None and not token:
         raise table.error("token", "must not be empty")
     return AdminConfig(token)
@@ -406,8 +401,7 @@ def _member_url(table: _Table, key: str, text: str) -> str:
 def _cluster(table: _Table, base_dir: Path | None) -> ClusterConfig:
     members = table.get("members", list, "a list of member URLs", [])
     advertise = table.get("advertise", str, "this host's member URL")
-    token = table.get("token", str, "a string")
-    token_file = table.get("token_file", str, "a path")
+    token = _secret(table, "token", base_dir)
     table.finish()
     urls = []
     for text in members:
@@ -416,10 +410,6 @@ def _cluster(table: _Table, base_dir: Path | None) -> ClusterConfig:
         urls.append(_member_url(table, "members", text))
     if len(set(urls)) != len(urls):
         raise table.error("members", "a member is listed twice")
-    if token is not None and token_file is not None:
-        raise table.error("token_file", "set token or token_file, not both")
-    if token_file is not None:
-        token = _read_secret(table, "token_file", token_file, base_dir)
     if token is not None and not token:
         raise table.error("token", "must not be empty")
     if not urls:
@@ -508,12 +498,7 @@ def _origin(name: str, table: _Table, base_dir: Path | None) -> OriginConfig:
     elif scheme == "sftp":
         config = _sftp(name, url, table, base_dir)
     elif scheme in ("ftp", "ftps"):
-        password = table.get("password", str, "a string")
-        password_file = table.get("password_file", str, "a path")
-        if password is not None and password_file is not None:
-            raise table.error("password_file", "set password or password_file, not both")
-        if password_file is not None:
-            password = _read_secret(table, "password_file", password_file, base_dir)
+        password = _secret(table, "password", base_dir)
         config = OriginConfig(
             name,
             url,
@@ -596,12 +581,7 @@ def _keystone(table: _Table, base_dir: Path | None) -> dict[str, Any]:
         raise table.error(
             "auth_url", "required: the Keystone v3 URL, e.g. https://keystone:5000/v3"
         )
-    password = table.get("password", str, "a string")
-    password_file = table.get("password_file", str, "a path")
-    if password_file is not None:
-        if password is not None:
-            raise table.error("password_file", "set password or password_file, not both")
-        password = _read_secret(table, "password_file", password_file, base_dir)
+    password = _secret(table, "password", base_dir)
 
     def pick(key: str, default: str | None = None) -> str | None:
         value = table.get(key, str, "a string")
@@ -671,12 +651,7 @@ def _sftp(name: str, url: str, table: _Table, base_dir: Path | None) -> OriginCo
     )
     if not username:
         raise table.error("username", 'required: in the URL (sftp://user@host/) or as "username"')
-    password = table.get("password", str, "a string")
-    password_file = table.get("password_file", str, "a path")
-    if password is not None and password_file is not None:
-        raise table.error("password_file", "set password or password_file, not both")
-    if password_file is not None:
-        password = _read_secret(table, "password_file", password_file, base_dir)
+    password = _secret(table, "password", base_dir)
     key_file = _readable(table, "private_key_file", base_dir)
     if key_file is None and password is None:
         raise table.error("private_key_file", "set private_key_file, password or password_file")
@@ -747,6 +722,18 @@ def _config_path(text: str, base_dir: Path | None) -> Path:
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     return path
+
+
+def _secret(table: _Table, key: str, base_dir: Path | None) -> str | None:
+    """`key` given inline, or read from the file `key`_file names; not both."""
+    inline: str | None = table.get(key, str, "a string")
+    file_key = key + "_file"
+    file = table.get(file_key, str, "a path")
+    if file is None:
+        return inline
+    if inline is not None:
+        raise table.error(file_key, f"set {key} or {file_key}, not both")
+    return _read_secret(table, file_key, file, base_dir)
 
 
 def _read_secret(table: _Table, key: str, text: str, base_dir: Path | None) -> str:
