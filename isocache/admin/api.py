@@ -5,7 +5,6 @@ else is looked at, so a refused request has no side effect."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 from collections.abc import Mapping
@@ -18,9 +17,10 @@ from aiohttp import web
 from isocache.admin.openapi import OPENAPI
 from isocache.admin.prewarm import PrewarmManager
 from isocache.attachments import Attachments
+from isocache.bearer import check_bearer
 from isocache.catalog import Catalog
 from isocache.config import OriginConfig
-from isocache.errors import BadRequest, Conflict, Forbidden, NotFound, Unauthorized
+from isocache.errors import BadRequest, Conflict, Forbidden, NotFound
 from isocache.image import ImageRef, ImageVersion
 from isocache.resolver import Resolver
 from isocache.state import ServiceState
@@ -124,16 +124,7 @@ class AdminApi:
         return sizes
 
     def authorise(self, request: web.Request) -> None:
-        if self._token is None:
-            return
-        header = request.headers.get("Authorization")
-        if header is None:
-            raise Unauthorized("this needs Authorization: Bearer <token>")
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise Unauthorized("malformed Authorization header; expected Bearer <token>")
-        if not hmac.compare_digest(credentials.strip().encode(), self._token.encode()):
-            raise Forbidden("wrong token")
+        check_bearer(request.headers.get("Authorization"), self._token)
 
     @staticmethod
     async def _body(request: web.Request) -> dict[str, Any]:

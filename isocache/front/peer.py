@@ -9,13 +9,12 @@ images allow (the cluster is not an open proxy), and only the version the member
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
+from isocache.bearer import check_bearer
 from isocache.catalog import Catalog
 from isocache.cluster import SERVING_PEER
-from isocache.errors import BadRequest, Forbidden, PreconditionFailed, Unauthorized
+from isocache.errors import BadRequest, Forbidden, PreconditionFailed
 from isocache.front.images import ImageHandlers
 from isocache.metrics import Metrics
 from isocache.origins.peer import PEER_PATH, URL_HEADER
@@ -41,18 +40,8 @@ class PeerHandlers:
     def routes(self) -> list[web.RouteDef]:
         return [web.get(PEER_PATH, self.read)]
 
-    def _authorise(self, request: web.Request) -> None:
-        if self._token is None:
-            return
-        header = request.headers.get("Authorization", "")
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise Unauthorized("peer requests need Authorization: Bearer <cluster token>")
-        if not hmac.compare_digest(credentials.strip().encode(), self._token.encode()):
-            raise Forbidden("wrong cluster token")
-
     async def read(self, request: web.Request) -> web.StreamResponse:
-        self._authorise(request)
+        check_bearer(request.headers.get("Authorization"), self._token, "cluster token")
         url = request.headers.get(URL_HEADER)
         wanted = request.headers.get("If-Match")
         if not url or not wanted or "Range" not in request.headers:
