@@ -272,6 +272,9 @@ class PrewarmManager:
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())
             log.info("prewarm-cancel-fills id=%s fills=%d", job.id, aborted)
             raise
+        # Verification may already have run (the last chunk stored starts it) and dropped
+        # the chunks: its digest mismatch is the reason, not the missing chunks.
+        self._verifier.check(version)
         await self._check_stored(version, indexes, what, total)
         whole = span.length == version.size
         if whole and expected_digest(version) and await self._verifier.verify(version) is False:
