@@ -134,7 +134,10 @@ async def test_a_site_fetches_each_chunk_once_and_second_reads_are_local(
     assert SIZE <= sent <= 1.05 * SIZE, sent / SIZE
     from_peers = [await _metric(client, h.url, "isocache_peer_bytes_total") for h in site.hosts]
     served = [await _metric(client, h.url, "isocache_peer_served_bytes_total") for h in site.hosts]
-    assert all(b > 0 for b in from_peers) and sum(served) >= sum(from_peers) > 0
+    # Which host owns which runs depends on the version's identity (the origin's port is in
+    # its URL): some host may own every run it reads. Across the site, bytes moved between
+    # hosts, and every byte a host received was served by another.
+    assert sum(served) >= sum(from_peers) > 0
 
     # Second read on every host: local (no peer and no origin bytes).
     assert await _read_all(client, [h.url + "images/img" for h in site.hosts], data) == [None] * 3
