@@ -178,9 +178,11 @@ async def test_size_limit_and_pins_under_eviction_pressure(
     status, _, body = await fetch(client, service.url + "images/i0")
     assert (status, body) == (200, images["i0"])
     assert origin.body_bytes() == 0  # pinned: never evicted
-    status, _, body = await fetch(client, service.url + "images/i1")
+    status, headers, body = await fetch(client, service.url + "images/i1")
     assert (status, body) == (200, images["i1"])
-    assert origin.body_bytes() > 0  # unpinned: evicted by the others, fetched again
+    # Unpinned: the others evicted part of it. (Its re-read may still cost no origin bytes:
+    # chunks the store had no room for are kept in memory a while, issue 9 item 8.)
+    assert service.store.chunk_count(headers["ETag"].strip('"')) < size // CHUNK
 
 
 async def test_access_log_line_per_request(
