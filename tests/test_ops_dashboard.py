@@ -121,11 +121,12 @@ async def test_every_panel_returns_data_from_a_real_prometheus(
                 assert series["metric"]["instance"] == target, (title, legend, series)
         by_title = {(title, legend): results[expr] for title, legend, expr in queries}
         (offload,) = by_title[("Origin offload", "{{instance}}")]
-        # Six reads of the image for every origin fetch of it: 5/6 offloaded, or all of it
-        # while the window holds no fetch.
-        assert 0.5 < float(offload["value"][1]) <= 1
+        # Every round reads the image twice and every third round fetches it once: 5/6
+        # offloaded over three rounds, about half when the rate window holds only a round
+        # with a fetch (seen: exactly 0.5 in a CI run), all of it when it holds no fetch.
+        assert 0.4 < float(offload["value"][1]) <= 1
         (hits,) = by_title[("Chunk hit ratio", "{{instance}} hits")]
-        assert 0.5 < float(hits["value"][1]) <= 1
+        assert 0.4 < float(hits["value"][1]) <= 1
         (fill,) = by_title[("Cache fill", "{{instance}} of size_limit")]
         assert 0 <= float(fill["value"][1]) <= len(data) / (64 * 1024 * 1024)
 
